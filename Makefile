@@ -1,0 +1,77 @@
+# latent-combo. Every target that runs code depends on `setup`, which is idempotent and fast once done.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglib2.0-0
+
+ENV ?= walker-walk
+DATASET ?= medium-replay
+ALGO ?= combo
+PRESET ?= cpu
+SEED ?= 0
+EPISODES ?= 200
+WORKERS ?= $(shell nproc)
+ARGS ?=
+
+.PHONY: setup system-deps test test-all lint train-latent train-behaviour collect-walker collect-sawyer \
+        tensorboard bench bench-quality clean
+
+setup: system-deps $(VENV_STAMP)
+
+# Offscreen MuJoCo rendering needs Mesa (EGL, with OSMesa as fallback). Installed when missing if we
+# are root; otherwise the exact apt-get line is printed.
+system-deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || { echo "apt-get failed: install$$missing by hand"; exit 1; }; \
+	  else echo "missing Debian packages; run: sudo apt-get install -y$$missing"; exit 1; fi; fi
+
+$(VENV_STAMP): pyproject.toml
+	@test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@.venv/bin/python -c "import torch, dm_control, metaworld, latent_combo" && touch $(VENV_STAMP)
+
+test: setup
+	$(PY) -m pytest -q -x
+
+test-all: setup
+	$(PY) -m pytest -q -m "" -x
+
+lint: setup
+	.venv/bin/ruff check latent_combo data_collection tests bench
+
+# The main job end to end: world model, latent transitions, COMBO, evaluation in the simulator.
+train-latent: setup
+	.venv/bin/latent-combo train --env $(ENV) --dataset $(DATASET) --algo $(ALGO) --preset $(PRESET) \
+	  --seed $(SEED) $(ARGS)
+
+train-behaviour: setup
+	$(PY) -m data_collection.sac --env $(ENV) $(ARGS)
+
+collect-walker: setup
+	for f in medium expert medium-replay medium-expert; do \
+	  .venv/bin/latent-combo collect --env walker-walk --flavour $$f --episodes $(EPISODES) \
+	    --workers $(WORKERS) || exit 1; done
+	for f in medium expert medium-replay medium-expert; do .venv/bin/latent-combo info data/walker-walk/$$f; done
+
+collect-sawyer: setup
+	for f in medium expert medium-replay medium-expert; do \
+	  .venv/bin/latent-combo collect --env sawyer-door --flavour $$f --episodes $(EPISODES) \
+	    --workers $(WORKERS) || exit 1; done
+	for f in medium expert medium-replay medium-expert; do .venv/bin/latent-combo info data/sawyer-door/$$f; done
+
+tensorboard: setup
+	.venv/bin/tensorboard --logdir runs --bind_all
+
+bench: setup
+	$(PY) bench/world_model.py
+	$(PY) bench/agent.py
+	$(PY) bench/collect.py
+
+bench-quality: setup
+	$(PY) bench/quality.py $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

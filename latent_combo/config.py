@@ -1,0 +1,231 @@
+"""Run configuration: frozen dataclasses, YAML presets merged in order, `key=value` overrides.
+
+Resolution order: dataclass defaults < configs/<env>.yaml < configs/<preset>.yaml < CLI overrides.
+Nested fields are addressed with dots: `wm.deter=128`, `agent.beta=0.5`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = ("debug", "cpu", "paper")
+ALGOS = ("combo", "lompo", "lmbpo", "cql", "bc")
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    deter: int = 256
+    """Size of the deterministic GRU state h."""
+    stoch: int = 64
+    """Size of the Gaussian stochastic latent z."""
+    hidden: int = 256
+    """Width of the RSSM's MLPs and of the reward head."""
+    depth: int = 32
+    """Channel multiplier of the conv encoder/decoder (Dreamer: 32 -> 32, 64, 128, 256)."""
+    ensemble: int = 7
+    """Number K of prior heads p_k(z | h); LOMPO uses 7."""
+    min_std: float = 0.1
+    """Lower bound on the latent standard deviations, keeps KLs finite."""
+    kl_scale: float = 1.0
+    """Weight of the KL term of the ELBO."""
+    kl_free: float = 0.0
+    """Free nats: KL below this is not penalised (Dreamer: 1-3; LOMPO: 0)."""
+    kl_balance: float = 0.5
+    """Share of the KL gradient that trains the prior (0.5 = plain KL; Dreamer-v2: 0.8)."""
+    reward_scale: float = 1.0
+    """Weight of the reward log-likelihood."""
+    obs_scale: float = 1.0
+    """Weight of the observation (image or state) log-likelihood."""
+    batch: int = 64
+    """Sequences per world-model update."""
+    length: int = 50
+    """Sequence length of each world-model update."""
+    lr: float = 6e-4
+    grad_clip: float = 100.0
+    steps: int = 25_000
+    """World-model updates."""
+    log_every: int = 100
+    image_every: int = 2_000
+    """Steps between reconstruction / open-loop image grids in TensorBoard."""
+    checkpoint_every: int = 1_000
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    hidden: int = 256
+    layers: int = 2
+    batch: int = 256
+    actor_lr: float = 1e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    steps: int = 100_000
+    """Agent updates (one critic and one actor step each)."""
+    real_ratio: float = 0.5
+    """f of eq. 2: share of each Bellman batch drawn from real transitions (the rest from rollouts)."""
+    beta: float = 1.0
+    """Weight of the conservative regulariser of eq. 2."""
+    penalty_form: str = "logsumexp"
+    """'logsumexp' (CQL(H) soft maximum over sampled actions) or 'policy' (eq. 2 as written)."""
+    penalty_actions: int = 10
+    """N uniform and N policy actions per state in the logsumexp form."""
+    rollout_length: int = 5
+    """h: model-rollout horizon."""
+    rollout_batch: int = 5_000
+    """Start states per rollout refresh."""
+    rollout_every: int = 250
+    """Agent updates between rollout refreshes."""
+    model_buffer: int = 250_000
+    """Capacity of the FIFO model-rollout buffer (transitions)."""
+    lompo_lambda: float = 5.0
+    """LOMPO's reward penalty weight on ensemble disagreement."""
+    init_alpha: float = 0.1
+    target_entropy: float | None = None
+    """None: minus the action dimension."""
+    eval_every: int = 10_000
+    eval_episodes: int = 5
+    checkpoint_every: int = 5_000
+    log_every: int = 250
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str = "walker-walk"
+    """walker-walk, sawyer-door or sawyer-door-close."""
+    dataset: str = "medium-replay"
+    """A flavour (medium, medium-replay, medium-expert, expert) under data/ENV/, or a folder path."""
+    algo: str = "combo"
+    """combo, lompo, lmbpo, cql or bc."""
+    obs: str = "image"
+    """'image' (the product) or 'state' (proprioceptive; same world model and agent code)."""
+    preset: str = "cpu"
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu' or 'cuda[:N]'."""
+    logdir: str = "runs"
+    threads: int = 0
+    """torch CPU threads; 0 leaves torch's default."""
+    default_episodes: int = 20
+    """Episodes in a dataset built on the fly when the named flavour is missing under data/."""
+    final_eval_episodes: int = 10
+    wm: WorldModelConfig = field(default_factory=WorldModelConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+_NESTED = {"wm": WorldModelConfig, "agent": AgentConfig}
+
+
+def valid_keys() -> list[str]:
+    top = [f.name for f in dataclasses.fields(Config) if f.name not in _NESTED]
+    return top + [f"{g}.{f.name}" for g, cls in _NESTED.items() for f in dataclasses.fields(cls)]
+
+
+def _cast(value, default, key):
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {key!r}: expected true/false, got {value!r}")
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            cast = type(default)(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {key!r}: expected a number, got {value!r}") from None
+        if isinstance(default, int) and cast != value:
+            raise ValueError(f"config key {key!r}: expected an integer, got {value!r}")
+        return cast
+    return str(value)
+
+
+def merge(cfg: Config, updates: dict, source: str = "overrides") -> Config:
+    """Apply a nested or dotted dict of updates; unknown keys raise with the valid ones listed."""
+    flat = {}
+    for k, v in updates.items():
+        if isinstance(v, dict) and k in _NESTED:
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[k] = v
+    valid = valid_keys()
+    top, nested = {}, {name: {} for name in _NESTED}
+    for k, v in flat.items():
+        if k not in valid:
+            raise ValueError(f"unknown config key {k!r} in {source}; valid keys: {', '.join(valid)}")
+        if "." in k:
+            group, name = k.split(".", 1)
+            nested[group][name] = _cast(v, getattr(getattr(cfg, group), name), k)
+        else:
+            top[k] = _cast(v, getattr(cfg, k), k)
+    for group, values in nested.items():
+        if values:
+            top[group] = dataclasses.replace(getattr(cfg, group), **values)
+    return dataclasses.replace(cfg, **top)
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected key=value, e.g. agent.beta=0.5")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def resolve(preset: str = "cpu", env: str = "walker-walk", overrides: dict | None = None,
+            config_dir: Path = CONFIG_DIR) -> Config:
+    """defaults < configs/<env>.yaml < configs/<preset>.yaml < configs/<preset>-<obs>.yaml < overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    overrides = dict(overrides or {})
+    cfg = Config(env=env, preset=preset)
+    for name in (env, preset):
+        path = config_dir / f"{name}.yaml"
+        if path.exists():
+            cfg = merge(cfg, load_yaml(path), str(path))
+    obs = overrides.get("obs", cfg.obs)
+    path = config_dir / f"{preset}-{obs}.yaml"
+    if path.exists():
+        cfg = merge(cfg, load_yaml(path), str(path))
+    cfg = merge(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    from latent_combo.envs import check_env_id
+
+    check_env_id(cfg.env)
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"unknown algo {cfg.algo!r}; valid algos: {', '.join(ALGOS)}")
+    if cfg.obs not in ("image", "state"):
+        raise ValueError(f"config key 'obs': {cfg.obs!r}; expected 'image' or 'state'")
+    if cfg.agent.penalty_form not in ("logsumexp", "policy"):
+        raise ValueError(f"config key 'agent.penalty_form': {cfg.agent.penalty_form!r}; "
+                         "expected 'logsumexp' or 'policy'")
+    if not 0.0 <= cfg.agent.real_ratio <= 1.0:
+        raise ValueError(f"config key 'agent.real_ratio': {cfg.agent.real_ratio}; expected in [0, 1]")
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a Config from a saved run's config.yaml."""
+    return merge(Config(), d, "saved config")

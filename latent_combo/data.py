@@ -1,0 +1,218 @@
+"""Episode files (Dreamer / V-D4RL layout), dataset manifests, and an in-RAM dataset that samples windows.
+
+An episode of T agent steps is one compressed `.npz` holding T+1 rows: row 0 is the reset observation
+with a zero action and zero reward; row t holds the action that led to observation t and its reward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from latent_combo.utils import atomic_write_text
+
+# key -> (dtype, trailing shape or None when it varies by env); leading dim is always T+1.
+EPISODE_SPEC = {
+    "image": (np.uint8, (64, 64, 3)),
+    "action": (np.float32, None),
+    "reward": (np.float32, ()),
+    "discount": (np.float32, ()),
+    "is_first": (np.bool_, ()),
+    "is_last": (np.bool_, ()),
+    "is_terminal": (np.bool_, ()),
+    "state": (np.float32, None),
+}
+OPTIONAL_KEYS = ("state",)  # V-D4RL episodes carry no proprioceptive state
+METADATA = "metadata.json"
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, corrupt, truncated or of the wrong shape; the message names it."""
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_episode(ep: dict, name: str, image_size: int | None = 64) -> int:
+    """Validate keys, dtypes and shapes; returns T+1. Raises DatasetError naming `name`."""
+    missing = [k for k in EPISODE_SPEC if k not in ep and k not in OPTIONAL_KEYS]
+    if missing:
+        raise DatasetError(f"{name}: missing keys {missing}; expected {sorted(EPISODE_SPEC)}")
+    n = len(ep["reward"])
+    if n < 2:
+        raise DatasetError(f"{name}: episode has {n} rows; expected at least 2 (reset + one step)")
+    for key, (dtype, shape) in EPISODE_SPEC.items():
+        if key not in ep:
+            continue
+        x = ep[key]
+        if key == "image" and image_size is not None:
+            shape = (image_size, image_size, 3)
+        if x.shape[0] != n:
+            raise DatasetError(f"{name}: '{key}' has {x.shape[0]} rows; expected {n} like 'reward'")
+        if shape is not None and x.shape[1:] != shape:
+            raise DatasetError(f"{name}: '{key}' has shape {x.shape}; expected ({n}, *{shape})")
+        if key in ("action", "state") and x.ndim != 2:
+            raise DatasetError(f"{name}: '{key}' has shape {x.shape}; expected ({n}, D)")
+        if x.dtype != dtype and not (dtype != np.uint8 and np.can_cast(x.dtype, dtype, "same_kind")):
+            raise DatasetError(f"{name}: '{key}' has dtype {x.dtype}; expected {np.dtype(dtype)}")
+    return n
+
+
+def save_episode(path: str | Path, ep: dict) -> str:
+    """Validate and write one episode atomically (temp file + rename); returns its sha256."""
+    path = Path(path)
+    ep = {k: np.asarray(v, dtype=EPISODE_SPEC[k][0]) for k, v in ep.items() if k in EPISODE_SPEC}
+    check_episode(ep, str(path), image_size=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **ep)
+    digest = sha256(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def load_episode(path: str | Path, image_size: int | None = 64) -> dict:
+    """Read and validate one episode; any damage becomes a DatasetError naming the file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            ep = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        raise DatasetError(f"{path}: unreadable episode file ({type(e).__name__}: {e}); "
+                           "expected a compressed .npz written by save_episode") from e
+    check_episode(ep, str(path), image_size)
+    return {k: v.astype(EPISODE_SPEC[k][0], copy=False) for k, v in ep.items() if k in EPISODE_SPEC}
+
+
+def episode_files(directory: str | Path) -> list[Path]:
+    d = Path(directory)
+    if not d.is_dir():
+        raise DatasetError(f"{d}: no such dataset folder")
+    return sorted(p for p in d.glob("*.npz") if not p.name.startswith("."))
+
+
+def read_metadata(directory: str | Path) -> dict | None:
+    p = Path(directory) / METADATA
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{p}: not valid JSON ({e})") from e
+
+
+def episode_stats(rewards: list[np.ndarray]) -> dict:
+    """Batch Mean / Max / Min of episode returns and the success rate (any positive sparse reward)."""
+    returns = np.array([r[1:].sum() for r in rewards], dtype=np.float64)
+    return {"return_mean": float(returns.mean()), "return_max": float(returns.max()),
+            "return_min": float(returns.min()), "return_std": float(returns.std()),
+            "success_rate": float(np.mean([r[1:].max() > 0 for r in rewards]))}
+
+
+def write_metadata(directory: str | Path, **fields) -> dict:
+    """Manifest with per-file checksums and summary statistics (Minari's names where they exist)."""
+    from latent_combo import __version__
+
+    d = Path(directory)
+    files = episode_files(d)
+    eps = [load_episode(p, image_size=None) for p in files]
+    meta = {
+        "dataset_id": fields.pop("dataset_id", d.name),
+        "total_episodes": len(files),
+        "total_steps": int(sum(len(e["reward"]) - 1 for e in eps)),
+        **(episode_stats([e["reward"] for e in eps]) if eps else {}),
+        "package_version": __version__,
+        **fields,
+        "files": {p.name: sha256(p) for p in files},
+    }
+    atomic_write_text(d / METADATA, json.dumps(meta, indent=1))
+    return meta
+
+
+def verify(directory: str | Path) -> list[str]:
+    """Problems found comparing the folder to its manifest (empty list: all good)."""
+    d = Path(directory)
+    meta = read_metadata(d)
+    if meta is None:
+        return [f"{d / METADATA}: missing; expected a manifest with per-file sha256"]
+    problems, listed = [], meta.get("files", {})
+    present = {p.name for p in episode_files(d)}
+    for name in sorted(set(listed) - present):
+        problems.append(f"{d / name}: listed in {METADATA} but missing")
+    for name in sorted(present - set(listed)):
+        problems.append(f"{d / name}: present but not listed in {METADATA}")
+    for name in sorted(set(listed) & present):
+        if sha256(d / name) != listed[name]:
+            problems.append(f"{d / name}: sha256 differs from {METADATA} (file modified or corrupt)")
+    return problems
+
+
+class OfflineDataset:
+    """A whole dataset in RAM as contiguous arrays plus episode offsets; windows by vectorised indexing."""
+
+    def __init__(self, directory: str | Path, check: bool = True, image_size: int = 64):
+        self.directory = Path(directory)
+        self.metadata = read_metadata(self.directory)
+        files = episode_files(self.directory)
+        if not files:
+            raise DatasetError(f"{self.directory}: no episode .npz files")
+        if check and self.metadata is not None:
+            problems = verify(self.directory)
+            if problems:
+                raise DatasetError("dataset does not match its manifest:\n  " + "\n  ".join(problems))
+        eps = [load_episode(p, image_size) for p in files]
+        keys = [k for k in EPISODE_SPEC if all(k in e for e in eps)]
+        for k in ("action", "state"):
+            dims = {e[k].shape[1] for e in eps if k in e}
+            if len(dims) > 1:
+                raise DatasetError(f"{self.directory}: episodes disagree on '{k}' width {sorted(dims)}")
+        self.arrays = {k: np.concatenate([e[k] for e in eps]) for k in keys}
+        self.lengths = np.array([len(e["reward"]) for e in eps])
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.files = files
+        self.action_dim = self.arrays["action"].shape[1]
+        self.state_dim = self.arrays["state"].shape[1] if "state" in self.arrays else None
+        self._valid_starts: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_transitions(self) -> int:
+        return int((self.lengths - 1).sum())
+
+    def stats(self) -> dict:
+        r = self.arrays["reward"]
+        return {"episodes": len(self), "transitions": self.num_transitions,
+                **episode_stats([r[s:s + n] for s, n in zip(self.starts, self.lengths)])}
+
+    def valid_starts(self, length: int) -> np.ndarray:
+        """Every global row index where a window of `length` rows stays inside one episode."""
+        if length not in self._valid_starts:
+            parts = [np.arange(s, s + n - length + 1) for s, n in zip(self.starts, self.lengths) if n >= length]
+            if not parts:
+                raise DatasetError(f"{self.directory}: no episode has {length} rows; longest has "
+                                   f"{self.lengths.max()}")
+            self._valid_starts[length] = np.concatenate(parts)
+        return self._valid_starts[length]
+
+    def sample_sequences(self, batch: int, length: int, rng: np.random.Generator,
+                         keys=None) -> dict[str, np.ndarray]:
+        """`batch` windows of `length` consecutive rows, uniformly over valid windows: {key: (B, L, ...)}."""
+        starts = self.valid_starts(length)
+        idx = starts[rng.integers(0, len(starts), batch)][:, None] + np.arange(length)
+        return {k: v[idx] for k, v in self.arrays.items() if keys is None or k in keys}
+
+    def episode(self, i: int) -> dict[str, np.ndarray]:
+        s, n = self.starts[i], self.lengths[i]
+        return {k: v[s:s + n] for k, v in self.arrays.items()}

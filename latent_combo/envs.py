@@ -1,0 +1,154 @@
+"""Pixel environments for walker-walk (dm_control) and sawyer-door (Meta-World), one interface.
+
+`reset(seed) -> obs`, `step(action) -> obs, reward, terminated, truncated, info`, with
+`obs = {"image": uint8 (64, 64, 3), "state": float32 (D,)}`, actions in [-1, 1], action repeat 2.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+# EGL renders headless without an X server; must be set before mujoco is first imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+ENV_IDS = ("walker-walk", "sawyer-door", "sawyer-door-close")
+# Episode lengths in agent steps (after action repeat).
+EPISODE_STEPS = {"walker-walk": 500, "sawyer-door": 150, "sawyer-door-close": 150}
+SUCCESS_ENVS = ("sawyer-door", "sawyer-door-close")
+
+
+def check_env_id(env_id: str) -> str:
+    if env_id not in ENV_IDS:
+        raise ValueError(f"unknown env id {env_id!r}; valid ids: {', '.join(ENV_IDS)}")
+    return env_id
+
+
+def _fast_render_settings(model) -> None:
+    """Multisampling and shadows cost 4-6x render time on software GL for a near-identical 64px image."""
+    model.vis.quality.offsamples = 0
+    model.vis.quality.shadowsize = 0
+
+
+class WalkerWalk:
+    """dm_control walker-walk, camera 0, 1000 physics control steps = 500 agent steps."""
+
+    action_dim = 6
+    state_dim = 24
+
+    def __init__(self, size: int = 64, action_repeat: int = 2, render: bool = True):
+        from dm_control import suite
+
+        self._suite = suite
+        self.size, self.action_repeat, self.render = size, action_repeat, render
+        self.max_steps = EPISODE_STEPS["walker-walk"]
+        self._env = None
+
+    def _state(self, ts) -> np.ndarray:
+        o = ts.observation
+        return np.concatenate([o["orientations"], [o["height"]], o["velocity"]]).astype(np.float32)
+
+    def _obs(self, ts) -> dict:
+        obs = {"state": self._state(ts)}
+        if self.render:
+            obs["image"] = self._env.physics.render(self.size, self.size, camera_id=0)
+        return obs
+
+    def reset(self, seed: int | None = None) -> dict:
+        # dm_control draws its initial state from the task's RandomState: a new env per seed is
+        # the only way to make reset(seed) reproducible.
+        if self._env is None or seed is not None:
+            self._env = self._suite.load("walker", "walk", task_kwargs={"random": seed})
+            _fast_render_settings(self._env.physics.model)
+        self._t = 0
+        return self._obs(self._env.reset())
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        reward = 0.0
+        for _ in range(self.action_repeat):
+            ts = self._env.step(action)
+            reward += ts.reward or 0.0
+        self._t += 1
+        truncated = self._t >= self.max_steps
+        return self._obs(ts), float(reward), False, truncated, {}
+
+    def close(self):
+        self._env = None
+
+
+class SawyerDoor:
+    """Meta-World door-open-v3 (or door-close-v3) with an upright 64px view of arm and door.
+
+    Reward is sparse, `1.0 * info["success"]`; the dense Meta-World reward stays in
+    `info["dense_reward"]` for training state-based behaviour policies.
+    """
+
+    action_dim = 4
+    state_dim = 39
+    # The `corner` camera shows arm, door and handle large; it renders upside down, so we rotate 180.
+    camera = "corner"
+
+    def __init__(self, task: str = "door-open-v3", size: int = 64, action_repeat: int = 2,
+                 render: bool = True, random_door: bool = False):
+        import metaworld
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._benchmark = metaworld.MT1(task, seed=0)
+        cls = self._benchmark.train_classes[task]
+        kwargs = dict(render_mode="rgb_array", camera_name=self.camera, width=size, height=size) if render else {}
+        self._env = cls(**kwargs)
+        self._env.set_task(self._benchmark.train_tasks[0])
+        if render:
+            _fast_render_settings(self._env.model)
+        self.task, self.size, self.action_repeat, self.render = task, size, action_repeat, render
+        self.random_door = random_door
+        self.max_steps = EPISODE_STEPS["sawyer-door"]
+        self._rng = np.random.default_rng(0)
+
+    def _obs(self, state) -> dict:
+        obs = {"state": np.asarray(state, dtype=np.float32)}
+        if self.render:
+            obs["image"] = np.ascontiguousarray(self._env.render()[::-1, ::-1])
+        return obs
+
+    def reset(self, seed: int | None = None) -> dict:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        if self.random_door:
+            tasks = self._benchmark.train_tasks
+            self._env.set_task(tasks[self._rng.integers(len(tasks))])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state, _ = self._env.reset(seed=seed)
+        self._t = 0
+        return self._obs(state)
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        dense, success = 0.0, False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(self.action_repeat):
+                state, r, _, _, info = self._env.step(action)
+                dense += float(r)
+                success = bool(info["success"])
+        self._t += 1
+        truncated = self._t >= self.max_steps
+        info = {"success": success, "dense_reward": dense}
+        return self._obs(state), float(success), False, truncated, info
+
+    def close(self):
+        self._env.close()
+
+
+def make_env(env_id: str, size: int = 64, render: bool = True, random_door: bool = False):
+    """Build a pixel env by id; `render=False` skips images (state-only behaviour training)."""
+    check_env_id(env_id)
+    if env_id == "walker-walk":
+        return WalkerWalk(size=size, render=render)
+    task = "door-open-v3" if env_id == "sawyer-door" else "door-close-v3"
+    return SawyerDoor(task=task, size=size, render=render, random_door=random_door)

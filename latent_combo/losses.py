@@ -1,0 +1,85 @@
+"""Actor-critic losses as pure functions: tensors and modules in, (scalar, metrics) out.
+
+Shared by the latent COMBO agent (and its baselines) and the state-based behaviour SAC.
+Notation follows the COMBO paper, Section 3: eq. 2 (critic) and eq. 3 (actor).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float):
+    """1/2 E_{d_f}[(Q(s,a) - (r + gamma * disc * (min_k Q'(s',a') - alpha log pi(a'|s'))))^2].
+
+    `batch` holds state, action, reward, discount, next_state, already mixed from real and model
+    data with the fraction f by the caller (eq. 2's d_f).
+    """
+    with torch.no_grad():
+        next_action, next_logp = actor.sample(batch["next_state"])
+        next_q = target_critic(batch["next_state"], next_action).min(0).values
+        target = batch["reward"] + gamma * batch["discount"] * (next_q - alpha * next_logp)
+    q = critic(batch["state"], batch["action"])  # (K, N)
+    loss = 0.5 * ((q - target) ** 2).mean(1).sum()
+    return loss, {"q_mean": q.mean().item(), "td_target": target.mean().item(),
+                  "bellman": loss.item()}
+
+
+def conservative_penalty(critic, actor, push_down_states, data_states, data_actions,
+                         form: str = "logsumexp", num_actions: int = 10):
+    """E_{s~rho, a~pi}[Q(s,a)] - E_{(s,a)~D}[Q(s,a)]: the bracket of eq. 2, summed over critics.
+
+    Q is pushed down on `push_down_states` (model-rollout states for COMBO, dataset states for CQL)
+    and pushed up on dataset pairs only. `form="policy"` is eq. 2 as written (Q at policy actions);
+    `form="logsumexp"` is CQL(H)'s practical soft-maximum over N uniform and N policy actions with
+    importance weights, which pushes down the highest Q among many actions rather than one sample.
+    """
+    n, a_dim = push_down_states.shape[0], data_actions.shape[-1]
+    if form == "policy":
+        with torch.no_grad():
+            a_pi, _ = actor.sample(push_down_states)
+        pushed_down = critic(push_down_states, a_pi).mean(1)  # (K,)
+        q_rho = pushed_down.detach()
+    elif form == "logsumexp":
+        s_rep = push_down_states.unsqueeze(0).expand(num_actions, n, -1).reshape(num_actions * n, -1)
+        with torch.no_grad():
+            a_pi, logp_pi = actor.sample(s_rep)
+        a_unif = torch.rand(num_actions * n, a_dim, device=s_rep.device) * 2 - 1
+        log_unif = a_dim * math.log(0.5)  # density of U[-1,1]^A
+        q_pi_raw = critic(s_rep, a_pi).view(-1, num_actions, n)
+        q_rho = q_pi_raw[:, 0].detach().mean(1)  # Q at one policy sample per state, for the log
+        q_pi = q_pi_raw - logp_pi.view(num_actions, n)
+        q_unif = critic(s_rep, a_unif).view(-1, num_actions, n) - log_unif
+        cat = torch.cat([q_pi, q_unif], 1)  # (K, 2N, n)
+        pushed_down = (torch.logsumexp(cat, 1) - math.log(2 * num_actions)).mean(1)
+    else:
+        raise ValueError(f"penalty form {form!r}: expected 'logsumexp' or 'policy'")
+    pushed_up = critic(data_states, data_actions).mean(1)
+    penalty = (pushed_down - pushed_up).sum()
+    # The regulariser E_rho[Q] - E_D[Q] drives offline hyperparameter selection; logged in the plain
+    # form of eq. 2 whichever form is optimised, so runs are comparable.
+    return penalty, {"penalty": penalty.item(), "q_rho": q_rho.mean().item(),
+                     "q_data": pushed_up.mean().item(),
+                     "regulariser": (q_rho - pushed_up.detach()).mean().item()}
+
+
+def actor_loss(actor, critic, alpha, states):
+    """Eq. 3 with entropy regularisation: maximise E_s[min_k Q(s, a~pi) - alpha log pi(a|s)]."""
+    action, logp = actor.sample(states)
+    q = critic(states, action).min(0).values
+    loss = (alpha * logp - q).mean()
+    return loss, {"actor": loss.item(), "entropy": -logp.mean().item(), "q_policy": q.mean().item()}, logp
+
+
+def alpha_loss(log_alpha, logp, target_entropy: float):
+    """Tune alpha so that the policy entropy tracks `target_entropy`."""
+    loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+    return loss, {"alpha": log_alpha.exp().item(), "alpha_loss": loss.item()}
+
+
+def bc_loss(actor, states, actions):
+    """Maximum likelihood of dataset actions."""
+    loss = -actor.log_prob(states, actions).mean()
+    return loss, {"bc_nll": loss.item()}

@@ -1,0 +1,103 @@
+"""Generic networks shared by the world model, the COMBO agent and the state-based behaviour SAC."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def mlp(inp: int, hidden: int, out: int, layers: int = 2, act=nn.ELU) -> nn.Sequential:
+    """`layers` hidden layers of width `hidden`, then a linear output."""
+    mods, d = [], inp
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), act()]
+        d = hidden
+    mods.append(nn.Linear(d, out))
+    return nn.Sequential(*mods)
+
+
+class EnsembleLinear(nn.Module):
+    """K independent linear layers applied as one batched matmul: (K, N, i) -> (K, N, o)."""
+
+    def __init__(self, k: int, inp: int, out: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(inp)
+        self.weight = nn.Parameter(torch.empty(k, inp, out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(k, 1, out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class CriticEnsemble(nn.Module):
+    """Twin (or K) Q-networks evaluated in one batched pass; returns Q of shape (K, N)."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, layers: int = 2, k: int = 2):
+        super().__init__()
+        dims = [state_dim + action_dim] + [hidden] * layers + [1]
+        self.k = k
+        self.layers = nn.ModuleList(EnsembleLinear(k, i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([state, action], -1)
+        x = x.unsqueeze(0).expand(self.k, *x.shape) if x.dim() == 2 else x
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x.squeeze(-1)
+
+
+class TanhGaussianActor(nn.Module):
+    """Squashed Gaussian policy: a = tanh(u), u ~ N(mu(s), sigma(s)); log-prob corrected for tanh."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.net = mlp(state_dim, hidden, 2 * action_dim, layers, act=nn.ReLU)
+        self.action_dim = action_dim
+
+    def dist(self, state: torch.Tensor):
+        mu, log_std = self.net(state).chunk(2, -1)
+        # Soft clamp keeps gradients alive at the bounds (unlike torch.clamp).
+        log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mu, log_std
+
+    def sample(self, state: torch.Tensor, deterministic: bool = False):
+        """Returns (action, log_prob); log_prob is None when deterministic."""
+        mu, log_std = self.dist(state)
+        if deterministic:
+            return torch.tanh(mu), None
+        u = mu + log_std.exp() * torch.randn_like(mu)
+        return torch.tanh(u), gaussian_tanh_log_prob(u, mu, log_std)
+
+    def log_prob(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Log-likelihood of given actions in [-1, 1] (behaviour cloning)."""
+        mu, log_std = self.dist(state)
+        u = torch.atanh(action.clamp(-0.999, 0.999))
+        return gaussian_tanh_log_prob(u, mu, log_std)
+
+    @torch.no_grad()
+    def act(self, state, deterministic: bool = True):
+        """numpy in, numpy out, for acting in an env."""
+        s = torch.as_tensor(state, dtype=torch.float32, device=next(self.parameters()).device)
+        a, _ = self.sample(s.unsqueeze(0), deterministic)
+        return a[0].cpu().numpy()
+
+
+def gaussian_tanh_log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(u; mu, sigma) minus the tanh Jacobian, summed over action dims."""
+    log_normal = -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    # log(1 - tanh(u)^2) written stably: 2 (log 2 - u - softplus(-2u)).
+    log_jac = 2 * (math.log(2) - u - F.softplus(-2 * u))
+    return (log_normal - log_jac).sum(-1)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    for t, s in zip(target.parameters(), source.parameters()):
+        t.lerp_(s, tau)

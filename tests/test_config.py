@@ -1,0 +1,43 @@
+import pytest
+import yaml
+
+from latent_combo.config import Config, from_dict, parse_overrides, resolve, to_dict
+
+
+def test_presets_resolve_and_override():
+    cfg = resolve("debug", "walker-walk", parse_overrides(["wm.deter=32", "agent.beta=0.25", "seed=3"]))
+    assert cfg.wm.deter == 32 and cfg.agent.beta == 0.25 and cfg.seed == 3 and cfg.preset == "debug"
+
+
+@pytest.mark.parametrize("preset", ["debug", "cpu", "paper"])
+def test_every_preset_loads(preset):
+    cfg = resolve(preset, "sawyer-door")
+    assert cfg.env == "sawyer-door"
+
+
+def test_paper_preset_uses_lompo_sizes():
+    wm = resolve("paper").wm
+    assert (wm.deter, wm.stoch, wm.hidden, wm.depth, wm.ensemble) == (256, 64, 256, 32, 7)
+    assert (wm.batch, wm.length, wm.lr, wm.grad_clip, wm.steps) == (64, 50, 6e-4, 100.0, 25_000)
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown config key 'wm.dter'.*wm.deter"):
+        resolve("cpu", overrides={"wm.dter": 3})
+
+
+def test_bad_values_named():
+    with pytest.raises(ValueError, match="unknown preset 'gpu'.*debug, cpu, paper"):
+        resolve("gpu")
+    with pytest.raises(ValueError, match="unknown algo 'sac'"):
+        resolve("cpu", overrides={"algo": "sac"})
+    with pytest.raises(ValueError, match="'wm.steps': expected an integer"):
+        resolve("cpu", overrides={"wm.steps": 2.5})
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_overrides(["beta"])
+
+
+def test_saved_config_round_trips():
+    cfg = resolve("debug", "sawyer-door", {"agent.beta": 2.0})
+    assert from_dict(yaml.safe_load(yaml.safe_dump(to_dict(cfg)))) == cfg
+    assert isinstance(cfg, Config)
