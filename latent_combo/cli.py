@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands that live next to the code they drive (collection, training, evaluation)."""
     from data_collection.collect import register_cli as collect
-    from latent_combo.train import register_cli as train
+    from latent_combo.pipeline import register_cli as train
 
     return [collect, train]
 

@@ -113,6 +113,8 @@ class Config:
     default_episodes: int = 20
     """Episodes in a dataset built on the fly when the named flavour is missing under data/."""
     final_eval_episodes: int = 10
+    eval_max_steps: int = 0
+    """Cut evaluation episodes to this many agent steps (0: the env's full episode); for smoke tests."""
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
 

@@ -53,7 +53,7 @@ class WalkerWalk:
     def _obs(self, ts) -> dict:
         obs = {"state": self._state(ts)}
         if self.render:
-            obs["image"] = self._env.physics.render(self.size, self.size, camera_id=0)
+            obs["image"] = np.ascontiguousarray(self._env.physics.render(self.size, self.size, camera_id=0))
         return obs
 
     def reset(self, seed: int | None = None) -> dict:

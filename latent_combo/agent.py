@@ -1,0 +1,96 @@
+"""The latent actor-critic: COMBO and, by one switch, the paper's Table 2 baselines.
+
+    combo  Bellman on f*real + (1-f)*model data, Q pushed down on model-rollout states, up on dataset pairs
+    lompo  Bellman on the same mixture, no critic penalty; rollout reward minus lambda * head disagreement
+    lmbpo  Bellman on the same mixture, no penalty of any kind
+    cql    f = 1 (no rollouts), Q pushed down on dataset states, up on dataset pairs
+    bc     maximum likelihood of dataset actions, no critic
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from latent_combo import losses
+from latent_combo.nets import CriticEnsemble, TanhGaussianActor, soft_update
+
+USES_ROLLOUTS = {"combo": True, "lompo": True, "lmbpo": True, "cql": False, "bc": False}
+USES_PENALTY = {"combo": True, "cql": True, "lompo": False, "lmbpo": False, "bc": False}
+
+
+class Agent(nn.Module):
+    def __init__(self, cfg, algo: str, feat_dim: int, action_dim: int):
+        super().__init__()
+        self.cfg, self.algo = cfg, algo
+        self.actor = TanhGaussianActor(feat_dim, action_dim, cfg.hidden, cfg.layers)
+        self.critic = CriticEnsemble(feat_dim, action_dim, cfg.hidden, cfg.layers, k=2)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_alpha))))
+        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -float(action_dim)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), cfg.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], cfg.actor_lr)
+
+    @property
+    def uses_rollouts(self) -> bool:
+        return USES_ROLLOUTS[self.algo]
+
+    @property
+    def real_ratio(self) -> float:
+        """f of eq. 2; algorithms without rollouts train on real data only."""
+        return self.cfg.real_ratio if self.uses_rollouts else 1.0
+
+    def update_critic(self, real: dict, model: dict | None):
+        """One critic step on eq. 2: Bellman error on the f-mixture plus beta * regulariser."""
+        mixed = real if model is None else {k: torch.cat([real[k], model[k]]) for k in real}
+        alpha = self.log_alpha.exp().detach()
+        loss, metrics = losses.bellman_loss(self.critic, self.target_critic, self.actor, alpha, mixed,
+                                            self.cfg.gamma)
+        if USES_PENALTY[self.algo]:
+            # COMBO pushes down on model-rollout states only; CQL, without a model, on dataset states.
+            push_down = model["state"] if self.algo == "combo" else real["state"]
+            penalty, pm = losses.conservative_penalty(self.critic, self.actor, push_down, real["state"],
+                                                      real["action"], self.cfg.penalty_form,
+                                                      self.cfg.penalty_actions)
+            loss = loss + self.cfg.beta * penalty
+            metrics.update(pm)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        soft_update(self.target_critic, self.critic, self.cfg.tau)
+        metrics["critic_loss"] = loss.item()
+        return metrics
+
+    def update_actor(self, states: torch.Tensor):
+        """Eq. 3 on states from rollouts and the dataset, then the entropy temperature."""
+        loss, metrics, logp = losses.actor_loss(self.actor, self.critic, self.log_alpha.exp().detach(), states)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        a_loss, am = losses.alpha_loss(self.log_alpha, logp, self.target_entropy)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        a_loss.backward()
+        self.alpha_opt.step()
+        return {**metrics, **am}
+
+    def update_bc(self, real: dict):
+        loss, metrics = losses.bc_loss(self.actor, real["state"], real["action"])
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        return metrics
+
+    def update(self, real: dict, model: dict | None) -> dict:
+        if self.algo == "bc":
+            return self.update_bc(real)
+        metrics = self.update_critic(real, model)
+        states = real["state"] if model is None else torch.cat([real["state"], model["state"]])
+        metrics.update(self.update_actor(states))
+        return metrics
+
+    def optimisers(self) -> dict:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}

@@ -1,0 +1,115 @@
+"""Agent stage: COMBO (or a baseline) on latent transitions and model rollouts, with periodic evaluation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from latent_combo import report
+from latent_combo.agent import Agent
+from latent_combo.config import Config, to_dict
+from latent_combo.evaluate import evaluate
+from latent_combo.latent import TransitionBuffer, encode_dataset, rollout
+from latent_combo.train import check_finite, load_checkpoint
+from latent_combo.utils import atomic_save, rng_state, seed_everything, set_rng_state
+
+
+def real_transitions(cfg: Config, wm, dataset, run_dir: Path, device) -> dict:
+    """Encode the dataset once per world model; cached in latents.pt next to the checkpoint."""
+    path = run_dir / "latents.pt"
+    cached = load_checkpoint(path)
+    wm_step = load_checkpoint(run_dir / "wm.pt")["step"]
+    if cached is not None and cached["wm_step"] == wm_step:
+        return cached["transitions"]
+    seed_everything(cfg.seed + 1)  # posterior samples of the encoding depend only on the seed
+    t0 = time.time()
+    transitions = encode_dataset(wm, dataset, device)
+    print(f"encoded {len(transitions['reward'])} real latent transitions in {time.time() - t0:.0f}s")
+    atomic_save({"wm_step": wm_step, "transitions": transitions}, path)
+    return transitions
+
+
+def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, device,
+                steps: int | None = None) -> Agent:
+    """Agent updates with rollout refreshes, logging, evaluation and checkpoints; resumes from agent.pt."""
+    c = cfg.agent
+    wm.requires_grad_(False)
+    feat_dim, action_dim = transitions["state"].shape[1], transitions["action"].shape[1]
+    agent = Agent(c, cfg.algo, feat_dim, action_dim).to(device)
+    real = TransitionBuffer.from_transitions(transitions, device)
+    model_buf = TransitionBuffer(c.model_buffer, feat_dim, action_dim, device) if agent.uses_rollouts else None
+    ckpt, start, history = load_checkpoint(run_dir / "agent.pt"), 0, []
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+        for name, opt in agent.optimisers().items():
+            opt.load_state_dict(ckpt[name])
+        if model_buf is not None:
+            model_buf.load_state_dict(ckpt["model_buffer"])
+        set_rng_state(ckpt["rng"])
+        start, history = ckpt["step"], ckpt["history"]
+        if start < c.steps:
+            print(f"agent: resuming at step {start}")
+    else:
+        seed_everything(cfg.seed + 2)
+    stop = min(steps or c.steps, c.steps)
+
+    def save(step):
+        state = {"agent": agent.state_dict(), "step": step, "rng": rng_state(), "history": history,
+                 "config": to_dict(cfg), **{k: o.state_dict() for k, o in agent.optimisers().items()}}
+        if model_buf is not None:
+            state["model_buffer"] = model_buf.state_dict()
+        atomic_save(state, run_dir / "agent.pt")
+
+    n_real = c.batch if not agent.uses_rollouts else int(round(c.batch * agent.real_ratio))
+    lompo_lambda = c.lompo_lambda if cfg.algo == "lompo" else 0.0
+    bar = tqdm(range(start + 1, stop + 1), desc=f"agent ({cfg.algo})", initial=start, total=stop, mininterval=2)
+    t0, metrics = time.time(), {}
+    for step in bar:
+        if agent.uses_rollouts and (step - 1) % c.rollout_every == 0:
+            starts = real.sample(c.rollout_batch)["state"]
+            batch, rm = rollout(wm, agent.actor, starts, c.rollout_length, lompo_lambda)
+            model_buf.add(batch)
+            report.log_scalars(writer, rm, step, "train/")
+        real_batch = real.sample(n_real)
+        model_batch = model_buf.sample(c.batch - n_real) if agent.uses_rollouts else None
+        metrics = agent.update(real_batch, model_batch)
+        check_finite(metrics, f"agent ({cfg.algo})", step)
+        if step % c.log_every == 0 or step == stop:
+            log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step)
+            metrics["updates_per_s"] = (step - start) / (time.time() - t0)
+            writer.add_scalar("train/agent_updates_per_s", metrics["updates_per_s"], step)
+            bar.set_postfix({k: f"{metrics[k]:.2f}" for k in ("q_mean", "regulariser", "bc_nll")
+                             if k in metrics})
+        if step % c.eval_every == 0 and step < c.steps:
+            # Frames come free from pixel evaluation; state-mode runs skip rendering altogether.
+            result, frames = evaluate(wm, agent.actor, cfg.env, c.eval_episodes, device, seed=10_000 + step,
+                                      record=cfg.obs == "image", max_steps=cfg.eval_max_steps)
+            log_eval(writer, result, frames, step)
+            history.append({"step": step, **{k: v for k, v in result.items() if k != "eval_returns"},
+                            "regulariser": metrics.get("regulariser")})
+        if step % c.checkpoint_every == 0 or step == stop:
+            save(step)
+    agent.history = history
+    agent.last_metrics = metrics
+    return agent
+
+
+def log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step):
+    loss_keys = ("critic_loss", "bellman", "penalty", "actor", "alpha_loss", "bc_nll")
+    report.log_scalars(writer, {k: v for k, v in metrics.items() if k in loss_keys}, step, "loss/")
+    report.log_scalars(writer, {k: v for k, v in metrics.items() if k not in loss_keys}, step, "train/")
+    if agent.algo != "bc":
+        with torch.no_grad():
+            writer.add_scalar("train/q_real", agent.critic(real_batch["state"], real_batch["action"]).mean(), step)
+            if model_batch is not None:
+                writer.add_scalar("train/q_model", agent.critic(model_batch["state"],
+                                                                model_batch["action"]).mean(), step)
+
+
+def log_eval(writer, result: dict, frames, step: int) -> None:
+    report.log_scalars(writer, {k: v for k, v in result.items() if isinstance(v, float)}, step, "eval/")
+    if frames:
+        writer.add_image("eval/episode_frames", report.frame_strip(frames), step, dataformats="HWC")

@@ -1,0 +1,98 @@
+"""Latent transitions: the dataset encoded by the posterior, model rollouts from it, and their buffers."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from latent_combo.world_model import to_torch
+
+KEYS = ("state", "action", "reward", "next_state", "discount")
+
+
+@torch.no_grad()
+def encode_dataset(wm, dataset, device, chunk: int = 32) -> dict[str, torch.Tensor]:
+    """Filter every episode with the posterior (no grad, `chunk` episodes at a time) into real latent
+    transitions (s_t, a_{t+1}, r_{t+1}, s_{t+1}, discount) with s = concat(h, z); CPU tensors."""
+    wm.eval()
+    parts = {k: [] for k in KEYS}
+    for lo in range(0, len(dataset), chunk):
+        eps = [dataset.episode(i) for i in range(lo, min(lo + chunk, len(dataset)))]
+        n = max(len(e["reward"]) for e in eps)
+        # Pad at the end to one length; padding never influences the earlier, real steps.
+        batch = {k: np.stack([np.concatenate([e[k], np.repeat(e[k][-1:], n - len(e[k]), 0)]) for e in eps])
+                 for k in ("image", "state", "action", "reward", "discount", "is_first", "is_terminal")
+                 if k in eps[0]}
+        b = to_torch(batch, device)
+        feats = wm.rssm.observe(wm.embed(wm.target(b)), b["action"], b["is_first"])["feat"]
+        for j, e in enumerate(eps):
+            t = len(e["reward"])
+            f = feats[j, :t].cpu()
+            parts["state"].append(f[:-1])
+            parts["next_state"].append(f[1:])
+            parts["action"].append(b["action"][j, 1:t].cpu())
+            parts["reward"].append(b["reward"][j, 1:t].cpu())
+            # Time-limit ends keep bootstrapping; only a true terminal stops it.
+            parts["discount"].append(b["discount"][j, 1:t].cpu() * (~b["is_terminal"][j, 1:t]).float().cpu())
+    wm.train()
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+class TransitionBuffer:
+    """Transitions as tensors on the training device; FIFO once full; uniform sampling."""
+
+    def __init__(self, capacity: int, feat_dim: int, action_dim: int, device):
+        shapes = {"state": (feat_dim,), "action": (action_dim,), "reward": (), "next_state": (feat_dim,),
+                  "discount": ()}
+        self.data = {k: torch.zeros((capacity, *s), device=device) for k, s in shapes.items()}
+        self.capacity, self.size, self.pos = capacity, 0, 0
+
+    @classmethod
+    def from_transitions(cls, transitions: dict, device):
+        n = len(transitions["reward"])
+        buf = cls(n, transitions["state"].shape[1], transitions["action"].shape[1], device)
+        buf.add(transitions)
+        return buf
+
+    def add(self, batch: dict) -> None:
+        n = len(batch["reward"])
+        idx = (self.pos + torch.arange(n)) % self.capacity
+        for k in KEYS:
+            self.data[k][idx.to(self.data[k].device)] = batch[k].to(self.data[k].device)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n: int) -> dict:
+        idx = torch.randint(self.size, (n,), device=self.data["reward"].device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict:
+        return {"data": {k: v[: self.capacity].cpu() for k, v in self.data.items()}, "size": self.size,
+                "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state["data"].items():
+            self.data[k].copy_(v)
+        self.size, self.pos = state["size"], state["pos"]
+
+
+@torch.no_grad()
+def rollout(wm, actor, start: torch.Tensor, horizon: int, lompo_lambda: float = 0.0) -> dict:
+    """h-step model rollouts from real latent states with the current policy and a random prior head
+    per step; reward from the reward head. `lompo_lambda` > 0 subtracts lambda times the std over
+    heads of log p_k(z'|h') (LOMPO's uncertainty penalty). Returns flat transitions."""
+    rssm = wm.rssm
+    policy = lambda feat: actor.sample(feat)[0]
+    feats, actions = rssm.imagine(rssm.split(start), horizon, policy=policy)
+    states = torch.cat([start.unsqueeze(1), feats[:, :-1]], 1)
+    reward = wm.reward(feats).squeeze(-1)
+    metrics = {"rollout/reward": reward.mean().item()}
+    if lompo_lambda > 0:
+        nxt = rssm.split(feats.reshape(-1, feats.shape[-1]))
+        disagreement = rssm.head_log_probs(nxt["h"], nxt["z"]).std(0).reshape(reward.shape)
+        reward = reward - lompo_lambda * disagreement
+        metrics["rollout/disagreement"] = disagreement.mean().item()
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
+    out = {"state": flat(states), "action": flat(actions), "reward": flat(reward), "next_state": flat(feats),
+           "discount": torch.ones(reward.numel(), device=reward.device)}
+    return out, metrics

@@ -1,0 +1,144 @@
+"""World model: Encoder -> RSSM -> Decoder + reward head, trained by the ELBO on offline episodes.
+
+`obs="image"` uses Dreamer's conv encoder / transposed-conv decoder on 64x64x3 images;
+`obs="state"` swaps in MLPs on the normalised proprioceptive state. Everything else is shared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from latent_combo.nets import mlp
+from latent_combo.rssm import RSSM
+
+
+class ConvEncoder(nn.Module):
+    """(N, 3, 64, 64) in [-0.5, 0.5] -> (N, 32 * depth): four 4x4 stride-2 convs (Dreamer)."""
+
+    def __init__(self, depth: int = 32):
+        super().__init__()
+        chans = [3, depth, 2 * depth, 4 * depth, 8 * depth]
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, 4, 2) for i, o in zip(chans[:-1], chans[1:]))
+        self.out_dim = 32 * depth
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = F.elu(conv(x))
+        return x.flatten(1)
+
+
+class ConvDecoder(nn.Module):
+    """feat -> (N, 3, 64, 64) image mean: linear to 1x1, then 5-5-6-6 transposed convs (Dreamer)."""
+
+    def __init__(self, feat_dim: int, depth: int = 32):
+        super().__init__()
+        self.fc = nn.Linear(feat_dim, 32 * depth)
+        chans, kernels = [32 * depth, 4 * depth, 2 * depth, depth, 3], [5, 5, 6, 6]
+        self.deconvs = nn.ModuleList(nn.ConvTranspose2d(i, o, k, 2)
+                                     for i, o, k in zip(chans[:-1], chans[1:], kernels))
+
+    def forward(self, feat):
+        x = self.fc(feat).reshape(-1, self.fc.out_features, 1, 1)
+        for i, deconv in enumerate(self.deconvs):
+            x = deconv(x)
+            if i < len(self.deconvs) - 1:
+                x = F.elu(x)
+        return x
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg, obs: str, action_dim: int, state_dim: int | None = None,
+                 state_mean=None, state_std=None):
+        super().__init__()
+        self.obs = obs
+        if obs == "image":
+            self.encoder = ConvEncoder(cfg.depth)
+            embed = self.encoder.out_dim
+        else:
+            if state_dim is None:
+                raise ValueError("obs='state' needs a dataset with a 'state' key (V-D4RL folders have none)")
+            embed = cfg.hidden
+            self.encoder = mlp(state_dim, cfg.hidden, embed, 2)
+            # Normalising with dataset statistics puts every state dimension on one scale.
+            self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32))
+            self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32))
+        self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.stoch, cfg.hidden, cfg.ensemble, cfg.min_std)
+        feat = self.rssm.feat_dim
+        self.decoder = ConvDecoder(feat, cfg.depth) if obs == "image" else mlp(feat, cfg.hidden, state_dim, 2)
+        self.reward = mlp(feat, cfg.hidden, 1, 2)
+        self.cfg = cfg
+
+    # ----- observations -------------------------------------------------------------------------
+    def target(self, batch: dict) -> torch.Tensor:
+        """The observation the decoder reconstructs, (B, T, ...) float: image in [-0.5, 0.5] CHW or
+        normalised state."""
+        if self.obs == "image":
+            return batch["image"].permute(0, 1, 4, 2, 3).float() / 255.0 - 0.5
+        return (batch["state"] - self.state_mean) / self.state_std
+
+    def embed(self, target: torch.Tensor) -> torch.Tensor:
+        B, T = target.shape[:2]
+        x = target.flatten(0, 1)
+        if self.obs == "image":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.encoder(x).reshape(B, T, -1)
+
+    def decode(self, feat: torch.Tensor) -> torch.Tensor:
+        lead = feat.shape[:-1]
+        out = self.decoder(feat.reshape(-1, feat.shape[-1]))
+        return out.reshape(*lead, *out.shape[1:])
+
+    # ----- the ELBO -------------------------------------------------------------------------------
+    def loss(self, batch: dict):
+        """Negative ELBO on a (B, T) batch of tensors. Returns (scalar, metrics, posterior states)."""
+        cfg = self.cfg
+        target = self.target(batch)
+        post = self.rssm.observe(self.embed(target), batch["action"], batch["is_first"])
+        losses = {}
+        # Observation log-likelihood: unit-variance Gaussian, summed over pixels / state dims.
+        recon = self.decode(post["feat"])
+        obs_dims = tuple(range(2, target.dim()))
+        losses["obs"] = 0.5 * ((recon - target) ** 2).sum(obs_dims).mean()
+        losses["reward"] = 0.5 * ((self.reward(post["feat"]).squeeze(-1) - batch["reward"]) ** 2).mean()
+        losses["kl"], kl_per_head = self.rssm.kl_loss(post, cfg.kl_free, cfg.kl_balance)
+        weights = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "kl": cfg.kl_scale}
+        total = sum(weights[k] * v for k, v in losses.items())
+        metrics = {f"wm/{k}": v.item() for k, v in losses.items()}
+        metrics.update({f"wm/kl_head{k}": v.item() for k, v in enumerate(kl_per_head)})
+        metrics["wm/post_std"] = post["post_std"].mean().item()
+        return total, metrics, post
+
+    # ----- open-loop prediction (TensorBoard report) ----------------------------------------------
+    @torch.no_grad()
+    def open_loop(self, batch: dict, context: int = 5, head: int = 0):
+        """Filter `context` steps, then roll the prior with the real actions. Returns truth, model
+        (posterior recon for the context, prior prediction after) as (B, T, ...) in target space,
+        and the per-step squared error of the open-loop part."""
+        target = self.target(batch)
+        post = self.rssm.observe(self.embed(target[:, :context]), batch["action"][:, :context],
+                                 batch["is_first"][:, :context])
+        start = {"h": post["h"][:, -1], "z": post["z"][:, -1]}
+        feats, _ = self.rssm.imagine(start, target.shape[1] - context, actions=batch["action"][:, context:],
+                                     head=head)
+        model = torch.cat([self.decode(post["feat"]), self.decode(feats)], 1)
+        err = ((model - target) ** 2).flatten(2).mean(-1)[:, context:]  # (B, T - context)
+        return target, model, err
+
+
+def state_normaliser(dataset) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    if dataset.state_dim is None:
+        return None, None
+    s = dataset.arrays["state"]
+    return s.mean(0), s.std(0) + 1e-3
+
+
+def to_torch(batch: dict, device) -> dict:
+    """numpy batch -> tensors on device; images stay uint8 until the model converts them."""
+    out = {}
+    for k, v in batch.items():
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        out[k] = t.to(device) if v.dtype in (np.uint8, np.bool_) else t.float().to(device)
+    return out
