@@ -25,11 +25,11 @@ REPLAY_FILE = "walker-walk-replay.npz"
 # Tuned on the state-only env; rates measured with `python -m data_collection.policies --env sawyer-door`
 # (see data_collection/README.md).
 DOOR_NOISE = {
-    "expert": (0.1, 0.0),
-    "medium": (1.0, 0.0),
+    "expert": (0.2, 0.0),
+    "medium": (0.3, 0.7),  # 70% of steps a uniformly random action: success about half the time
 }
-# medium-replay for sawyer: noise decreasing linearly from random-like to the medium level.
-DOOR_REPLAY_START = (1.0, 1.0)
+# medium-replay for sawyer: from all-random actions, linearly down to the medium level.
+DOOR_REPLAY_START = (0.3, 1.0)
 
 
 class Policy:

@@ -35,8 +35,9 @@ class WorldModelConfig:
     """Weight of the KL term of the ELBO."""
     kl_free: float = 0.0
     """Free nats: KL below this is not penalised (Dreamer: 1-3; LOMPO: 0)."""
-    kl_balance: float = 0.5
-    """Share of the KL gradient that trains the prior (0.5 = plain KL; Dreamer-v2: 0.8)."""
+    kl_balance: float | None = None
+    """None: plain KL (LOMPO). A number a: Dreamer-v2 balancing, share a of the gradient trains the prior
+    (Dreamer-v2: 0.8)."""
     reward_scale: float = 1.0
     """Weight of the reward log-likelihood."""
     obs_scale: float = 1.0

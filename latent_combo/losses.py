@@ -43,16 +43,15 @@ def conservative_penalty(critic, actor, push_down_states, data_states, data_acti
         pushed_down = critic(push_down_states, a_pi).mean(1)  # (K,)
         q_rho = pushed_down.detach()
     elif form == "logsumexp":
-        s_rep = push_down_states.unsqueeze(0).expand(num_actions, n, -1).reshape(num_actions * n, -1)
         with torch.no_grad():
-            a_pi, logp_pi = actor.sample(s_rep)
-        a_unif = torch.rand(num_actions * n, a_dim, device=s_rep.device) * 2 - 1
+            s_rep = push_down_states.unsqueeze(0).expand(num_actions, n, -1)
+            a_pi, logp_pi = actor.sample(s_rep)  # (N_a, n, A), (N_a, n)
+        a_unif = torch.rand(num_actions, n, a_dim, device=push_down_states.device) * 2 - 1
         log_unif = a_dim * math.log(0.5)  # density of U[-1,1]^A
-        q_pi_raw = critic(s_rep, a_pi).view(-1, num_actions, n)
+        q_pi_raw = critic(push_down_states, a_pi)  # (K, N_a, n)
         q_rho = q_pi_raw[:, 0].detach().mean(1)  # Q at one policy sample per state, for the log
-        q_pi = q_pi_raw - logp_pi.view(num_actions, n)
-        q_unif = critic(s_rep, a_unif).view(-1, num_actions, n) - log_unif
-        cat = torch.cat([q_pi, q_unif], 1)  # (K, 2N, n)
+        # Importance weights: divide by the proposal densities, average over the 2 N_a samples.
+        cat = torch.cat([q_pi_raw - logp_pi, critic(push_down_states, a_unif) - log_unif], 1)  # (K, 2N_a, n)
         pushed_down = (torch.logsumexp(cat, 1) - math.log(2 * num_actions)).mean(1)
     else:
         raise ValueError(f"penalty form {form!r}: expected 'logsumexp' or 'policy'")

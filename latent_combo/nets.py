@@ -33,22 +33,37 @@ class EnsembleLinear(nn.Module):
 
 
 class CriticEnsemble(nn.Module):
-    """Twin (or K) Q-networks evaluated in one batched pass; returns Q of shape (K, N)."""
+    """Twin (or K) Q-networks evaluated in one batched pass.
+
+    `critic(state (N, S), action (N, A)) -> (K, N)`; with R actions per state, `action (R, N, A)`
+    gives (K, R, N) and the state half of the first layer runs once per state, not R times: the
+    conservative penalty evaluates 2 x 10 actions per state, so this halves its cost.
+    """
 
     def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, layers: int = 2, k: int = 2):
         super().__init__()
         dims = [state_dim + action_dim] + [hidden] * layers + [1]
-        self.k = k
+        self.k, self.state_dim = k, state_dim
         self.layers = nn.ModuleList(EnsembleLinear(k, i, o) for i, o in zip(dims[:-1], dims[1:]))
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([state, action], -1)
-        x = x.unsqueeze(0).expand(self.k, *x.shape) if x.dim() == 2 else x
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x.squeeze(-1)
+        first = self.layers[0]
+        k, hidden = self.k, first.weight.shape[-1]
+        # Shared inputs times all K weight matrices as one GEMM: (N, S) @ (S, K*H). (bmm on an
+        # expanded, stride-0 batch is several times slower on CPU.)
+        w_s = first.weight[:, : self.state_dim].permute(1, 0, 2).reshape(self.state_dim, k * hidden)
+        w_a = first.weight[:, self.state_dim:].permute(1, 0, 2).reshape(-1, k * hidden)
+        x_s = (state @ w_s).view(-1, k, hidden).transpose(0, 1) + first.bias  # (K, N, H)
+        x_a = (action @ w_a).view(*action.shape[:-1], k, hidden)
+        if action.dim() == 2:
+            x = x_s + x_a.transpose(0, 1)
+        else:
+            r, n = action.shape[:2]
+            x = (x_s.unsqueeze(1) + x_a.permute(2, 0, 1, 3)).reshape(k, r * n, hidden)
+        for layer in self.layers[1:]:
+            x = layer(F.relu(x))
+        x = x.squeeze(-1)
+        return x if action.dim() == 2 else x.view(k, r, n)
 
 
 class TanhGaussianActor(nn.Module):

@@ -23,7 +23,7 @@ from latent_combo.train import (
     save_config,
     train_world_model,
 )
-from latent_combo.utils import atomic_write_text, pick_device
+from latent_combo.utils import atomic_write_text, pick_device, seed_everything
 
 
 def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
@@ -46,6 +46,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
     if not (run_dir / "wm.pt").exists():
         writer.add_text("hyperparameters", "\n".join(f"    {line}" for line in
                                                       yaml.safe_dump(to_plain(cfg)).splitlines()))
+    seed_everything(cfg.seed)  # initial weights depend on the seed alone
     wm = build_world_model(cfg, dataset, device)
     if world_model_from:
         src = Path(world_model_from) / "wm.pt"

@@ -108,9 +108,10 @@ class RSSM(nn.Module):
     def split(self, feat: torch.Tensor) -> dict:
         return {"h": feat[..., :self.deter], "z": feat[..., self.deter:]}
 
-    def kl_loss(self, post: dict, free: float, balance: float):
-        """Mean over heads of KL(q || p_k), each head trained on it. `balance` is the share of the
-        gradient going to the priors (0.5: plain KL); `free` nats per step are not penalised.
+    def kl_loss(self, post: dict, free: float, balance: float | None):
+        """Mean over heads of KL(q || p_k), each head trained on it. `balance=None` is the plain KL
+        (LOMPO); a number a is Dreamer-v2 balancing, a KL(sg(q) || p) + (1 - a) KL(q || sg(p)), same
+        value, gradients split between prior and posterior. `free` nats per step are not penalised.
         Returns (loss, kl per head (K,))."""
         p_mean, p_std = self.prior_stats(post["h"])  # (K, B, T, S)
 
@@ -119,12 +120,12 @@ class RSSM(nn.Module):
 
         q_m, q_s = post["post_mean"], post["post_std"]
         value = kl(q_m, q_s, p_m=p_mean, p_s=p_std)
-        if balance == 0.5:
+        if balance is None:
             loss = value
         else:
             to_prior = kl(q_m.detach(), q_s.detach(), p_mean, p_std)
             to_post = kl(q_m, q_s, p_mean.detach(), p_std.detach())
-            loss = 2 * (balance * to_prior + (1 - balance) * to_post)
+            loss = balance * to_prior + (1 - balance) * to_post
         loss = torch.clamp(loss, min=free) if free > 0 else loss
         return loss.mean(), value.mean((1, 2)).detach()
 

@@ -5,6 +5,12 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import torch  # noqa: E402
+
+# Tiny models gain nothing from threads, and spinning OpenMP threads collapse when another process
+# holds the second core.
+torch.set_num_threads(1)
+
 
 def make_episode(length: int, action_dim: int = 6, state_dim: int = 4, seed: int = 0, image_size: int = 64):
     """A synthetic episode in the on-disk layout; pixel and state values encode (seed, t)."""
