@@ -38,6 +38,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     c = cfg.agent
     wm.requires_grad_(False)
     feat_dim, action_dim = transitions["state"].shape[1], transitions["action"].shape[1]
+    seed_everything(cfg.seed + 2)  # initial weights and the random stream depend on the seed alone
     agent = Agent(c, cfg.algo, feat_dim, action_dim).to(device)
     real = TransitionBuffer.from_transitions(transitions, device)
     model_buf = TransitionBuffer(c.model_buffer, feat_dim, action_dim, device) if agent.uses_rollouts else None
@@ -52,8 +53,6 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         start, history = ckpt["step"], ckpt["history"]
         if start < c.steps:
             print(f"agent: resuming at step {start}")
-    else:
-        seed_everything(cfg.seed + 2)
     stop = min(steps or c.steps, c.steps)
 
     def save(step):

@@ -39,3 +39,33 @@ def tiny_dataset(tmp_path):
         save_episode(d / f"ep_{i:04d}.npz", make_episode(length, seed=i + 1))
     write_metadata(d, env="walker-walk", flavour="test")
     return d
+
+
+def random_policy_dataset(env_id: str, directory, episodes: int = 3, steps: int = 12):
+    """Episodes of a uniform-random policy in the real env, truncated to `steps`."""
+    from latent_combo.data import save_episode, write_metadata
+    from latent_combo.envs import make_env
+
+    env = make_env(env_id)
+    rng = np.random.default_rng(0)
+    for i in range(episodes):
+        obs = env.reset(seed=i)
+        rows = [dict(image=obs["image"], state=obs["state"], action=np.zeros(env.action_dim), reward=0.0)]
+        for _ in range(steps):
+            a = rng.uniform(-1, 1, env.action_dim)
+            obs, r, _, _, _ = env.step(a)
+            rows.append(dict(image=obs["image"], state=obs["state"], action=a, reward=r))
+        ep = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+        n = steps + 1
+        ep.update(discount=np.ones(n), is_first=np.arange(n) == 0, is_last=np.arange(n) == n - 1,
+                  is_terminal=np.zeros(n, bool))
+        save_episode(directory / f"ep_{i:06d}.npz", ep)
+    env.close()
+    write_metadata(directory, env=env_id, flavour="random", algorithm_name="uniform random")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def env_datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("envdata")
+    return {env: random_policy_dataset(env, root / env) for env in ("walker-walk", "sawyer-door")}

@@ -1,0 +1,136 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from latent_combo import agent as agent_mod
+from latent_combo import losses
+from latent_combo.agent import Agent
+from latent_combo.config import ALGOS, resolve
+
+F, A = 12, 3
+
+
+def agent_cfg(**kw):
+    return dataclasses.replace(resolve("debug").agent, **kw)
+
+
+def batch(n, seed=0, action=None):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(n, A, generator=g) * 2 - 1 if action is None else action.expand(n, A).clone()
+    return {"state": torch.randn(n, F, generator=g), "action": a, "reward": torch.randn(n, generator=g),
+            "next_state": torch.randn(n, F, generator=g), "discount": torch.ones(n)}
+
+
+@pytest.mark.parametrize("form", ["logsumexp", "policy"])
+def test_loss_terms_finite_scalars(form):
+    torch.manual_seed(0)
+    ag = Agent(agent_cfg(penalty_form=form), "combo", F, A)
+    real, model = batch(16), batch(16, 1)
+    b, bm = losses.bellman_loss(ag.critic, ag.target_critic, ag.actor, 0.1, real, 0.99)
+    p, pm = losses.conservative_penalty(ag.critic, ag.actor, model["state"], real["state"], real["action"], form, 4)
+    a, am, logp = losses.actor_loss(ag.actor, ag.critic, 0.1, real["state"])
+    al, _ = losses.alpha_loss(ag.log_alpha, logp, -A)
+    bc, _ = losses.bc_loss(ag.actor, real["state"], real["action"])
+    for x in (b, p, a, al, bc):
+        assert x.dim() == 0 and torch.isfinite(x)
+    for m in (bm, pm, am):
+        assert all(np.isfinite(v) for v in m.values())
+
+
+def test_batched_critic_matches_per_action_evaluation():
+    torch.manual_seed(0)
+    critic = Agent(agent_cfg(), "combo", F, A).critic
+    s, acts = torch.randn(5, F), torch.rand(4, 5, A)
+    many = critic(s, acts)
+    one_by_one = torch.stack([critic(s, acts[r]) for r in range(4)], 1)
+    torch.testing.assert_close(many, one_by_one)
+
+
+@pytest.mark.parametrize("algo", ["combo", "cql"])
+def test_beta_zero_removes_the_penalty_exactly(algo):
+    def critic_after_one_step(algo, beta):
+        torch.manual_seed(0)
+        ag = Agent(agent_cfg(beta=beta), algo, F, A)
+        ag.update_critic(batch(16), batch(16, 1) if ag.uses_rollouts else None)
+        return ag.critic.state_dict()
+
+    plain = critic_after_one_step("lmbpo" if algo == "combo" else "cql", 0.0)
+    zero = critic_after_one_step(algo, 0.0)
+    for k in plain:
+        torch.testing.assert_close(plain[k], zero[k], rtol=0, atol=0)
+    assert any(not torch.equal(plain[k], v) for k, v in critic_after_one_step(algo, 1.0).items())
+
+
+@pytest.mark.parametrize("form", ["logsumexp", "policy"])
+def test_penalty_lowers_q_out_of_distribution(form):
+    """Tiny hand-made dataset: every dataset action is (0.5, 0.5, 0.5), rewards zero. With the
+    penalty, Q at dataset actions ends clearly above Q at other actions; without it, no gap."""
+    a_data = torch.full((A,), 0.5)
+
+    def gap(beta):
+        torch.manual_seed(0)
+        ag = Agent(agent_cfg(beta=beta, penalty_form=form, critic_lr=3e-3), "combo", F, A)
+        data = batch(64, 0, action=a_data)
+        data["reward"].zero_()
+        for _ in range(150):
+            ag.update_critic(data, {**data, "action": torch.rand(64, A) * 2 - 1})
+        with torch.no_grad():
+            q_data = ag.critic(data["state"], data["action"]).mean()
+            q_ood = ag.critic(data["state"], torch.rand(16, 64, A) * 2 - 1).mean()
+        return (q_data - q_ood).item()
+
+    with_penalty, without = gap(1.0), gap(0.0)
+    assert with_penalty > 0.5 and with_penalty > 5 * abs(without), (with_penalty, without)
+
+
+def test_algo_switches_touch_only_their_part(monkeypatch):
+    calls = []
+    real_penalty = losses.conservative_penalty
+
+    def spy(critic, actor, push_down, data_states, data_actions, *args):
+        calls.append((push_down, data_states))
+        return real_penalty(critic, actor, push_down, data_states, data_actions, *args)
+
+    monkeypatch.setattr(agent_mod.losses, "conservative_penalty", spy)
+    expected = {"combo": (True, 0.5, "model"), "lompo": (True, 0.5, None), "lmbpo": (True, 0.5, None),
+                "cql": (False, 1.0, "real"), "bc": (False, 1.0, None)}
+    for algo in ALGOS:
+        torch.manual_seed(0)
+        ag = Agent(agent_cfg(real_ratio=0.5), algo, F, A)
+        rollouts, f, pushed = expected[algo]
+        assert (ag.uses_rollouts, ag.real_ratio) == (rollouts, f), algo
+        real, model = batch(8), batch(8, 1)
+        critic_before = {k: v.clone() for k, v in ag.critic.state_dict().items()}
+        calls.clear()
+        ag.update(real, model if rollouts else None)
+        if pushed is None:
+            assert not calls, algo
+        else:
+            (down, up), = calls
+            assert down is (model["state"] if pushed == "model" else real["state"]), algo
+            assert up is real["state"], algo  # Q pushed up on dataset pairs only
+        critic_moved = any(not torch.equal(critic_before[k], v) for k, v in ag.critic.state_dict().items())
+        assert critic_moved == (algo != "bc"), algo
+
+
+def test_lompo_reward_penalty_is_head_disagreement():
+    from latent_combo.latent import rollout
+    from latent_combo.world_model import WorldModel
+
+    cfg = resolve("debug")
+    torch.manual_seed(0)
+    wm = WorldModel(cfg.wm, "state", A, 4, np.zeros(4), np.ones(4))
+    ag = Agent(cfg.agent, "lompo", wm.rssm.feat_dim, A)
+    start = torch.randn(6, wm.rssm.feat_dim)
+    torch.manual_seed(1)
+    plain, _ = rollout(wm, ag.actor, start, 3, 0.0)
+    torch.manual_seed(1)
+    penalised, m = rollout(wm, ag.actor, start, 3, 5.0)
+    torch.testing.assert_close(plain["next_state"], penalised["next_state"])
+    assert (penalised["reward"] < plain["reward"]).all() and m["rollout/disagreement"] > 0
+    assert plain["state"].shape == (18, wm.rssm.feat_dim) and plain["action"].shape == (18, A)
+    # The first state of each rollout is the real start state; later ones are the model's.
+    torch.testing.assert_close(plain["state"].view(6, 3, -1)[:, 0], start)
+    torch.testing.assert_close(plain["state"].view(6, 3, -1)[:, 1:], plain["next_state"].view(6, 3, -1)[:, :-1])

@@ -1,0 +1,98 @@
+"""Tiny end-to-end runs of `latent-combo train` (debug preset) for every algo and env, and resume."""
+
+import json
+
+import pytest
+import torch
+
+from latent_combo.cli import main as cli
+from latent_combo.config import ALGOS, resolve
+
+REQUIRED = {"env", "dataset", "algo", "seed", "preset", "eval_return_mean", "eval_return_ci95",
+            "final_regulariser", "wall_time_s", "device"}
+
+
+@pytest.fixture(scope="module")
+def world_models(env_datasets, tmp_path_factory):
+    """One debug world model per env (trained through the CLI with the default algo) for reuse."""
+    root = tmp_path_factory.mktemp("wm")
+    out = {}
+    for env, data in env_datasets.items():
+        assert cli(["train", "--env", env, "--dataset", str(data), "--preset", "debug", "--logdir", str(root)]) == 0
+        out[env] = root / env / data.name / "combo-image-debug-s0"
+    return out
+
+
+@pytest.mark.parametrize("env", ["walker-walk", "sawyer-door"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_each_algo_and_env_writes_results(env, algo, env_datasets, world_models, tmp_path):
+    args = ["train", "--env", env, "--dataset", str(env_datasets[env]), "--preset", "debug", "--algo", algo,
+            "--logdir", str(tmp_path), "--world-model", str(world_models[env])]
+    assert cli(args) == 0
+    run = tmp_path / env / env_datasets[env].name / f"{algo}-image-debug-s0"
+    results = json.loads((run / "results.json").read_text())
+    assert REQUIRED <= set(results)
+    assert results["algo"] == algo and results["env"] == env and results["eval_episodes"] == 1
+    key = "eval_success_rate" if env == "sawyer-door" else "eval_normalized_score"
+    assert 0 <= results[key] <= 100
+    assert (results["final_regulariser"] is not None) == (algo in ("combo", "cql"))
+    assert (run / "config.yaml").exists() and (run / "agent.pt").exists() and list(run.glob("events.*"))
+
+
+def test_state_mode_runs_the_same_pipeline(env_datasets, tmp_path):
+    assert cli(["train", "--dataset", str(env_datasets["walker-walk"]), "--preset", "debug", "--obs", "state",
+                "--logdir", str(tmp_path)]) == 0
+    run = next(tmp_path.rglob("results.json")).parent
+    assert json.loads((run / "results.json").read_text())["obs"] == "state"
+
+
+def test_agent_resume_is_exact(env_datasets, world_models, tmp_path):
+    from latent_combo.agent_training import train_agent
+    from latent_combo.data import OfflineDataset
+    from latent_combo.latent import encode_dataset
+    from latent_combo.train import build_world_model, load_checkpoint
+
+    cfg = resolve("debug", overrides={"agent.steps": 6, "agent.checkpoint_every": 3})
+    ds = OfflineDataset(env_datasets["walker-walk"])
+    torch.manual_seed(0)
+    wm = build_world_model(cfg, ds, torch.device("cpu"))
+    wm.load_state_dict(load_checkpoint(world_models["walker-walk"] / "wm.pt")["model"])
+    transitions = encode_dataset(wm, ds, "cpu")
+
+    class NoWriter:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    def run(name, stop=None):
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        return train_agent(cfg, wm, transitions, d, NoWriter(), torch.device("cpu"), steps=stop)
+
+    straight = run("straight")
+    run("halves", stop=3)
+    resumed = run("halves")
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(v, resumed.state_dict()[k], rtol=0, atol=0, msg=k)
+
+
+def test_unknown_names_give_clear_errors(capsys, tmp_path):
+    assert cli(["train", "--dataset", str(tmp_path / "nope"), "--preset", "debug"]) == 2
+    assert "neither a flavour" in capsys.readouterr().err
+    assert cli(["train", "--preset", "debug", "agent.betta=1"]) == 2
+    assert "unknown config key 'agent.betta'" in capsys.readouterr().err
+
+
+def test_select_picks_lowest_regulariser_without_returns(tmp_path, capsys):
+    import yaml
+
+    from latent_combo.config import to_dict
+
+    for name, reg, ret, beta in [("a", 0.9, 900.0, 0.5), ("b", -0.3, 10.0, 1.0), ("c", 0.1, 500.0, 5.0)]:
+        d = tmp_path / name
+        d.mkdir()
+        cfg = resolve("debug", overrides={"agent.beta": beta})
+        (d / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+        (d / "results.json").write_text(json.dumps({"final_regulariser": reg, "eval_return_mean": ret,
+                                                    "algo": "combo"}))
+    assert cli(["select", *(str(tmp_path / n) for n in "abc")]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"pick: {tmp_path / 'b'}")
