@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from data_collection import policies
-from latent_combo.data import (METADATA, DatasetError, episode_files, load_episode, read_metadata, save_episode,
-                               verify, write_metadata)
+from latent_combo import data
+from latent_combo.data import DatasetError, load_episode, read_metadata, save_episode, verify
 from latent_combo.envs import ENV_IDS, EPISODE_STEPS, SawyerDoor, WalkerWalk, check_env_id, make_env
 
 FLAVOURS = ("medium", "medium-replay", "medium-expert", "expert")
@@ -211,7 +211,7 @@ def _algorithm_name(pols: dict) -> str:
 def _clear(out: Path) -> None:
     for p in list(out.glob("ep_*.npz")) + list(out.glob(".ep_*.tmp.npz")):
         p.unlink()
-    for name in (METADATA, CONFIG):
+    for name in (data.METADATA, CONFIG):
         (out / name).unlink(missing_ok=True)
 
 
@@ -255,7 +255,7 @@ def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int 
         old = json.loads((out / CONFIG).read_text())
     elif read_metadata(out) is not None:
         old = read_metadata(out).get("collect_config")
-    files = episode_files(out)
+    files = data.episode_files(out)
     if old is None and files:
         raise DatasetError(f"{out}: holds {len(files)} .npz files but no record of how they were collected; "
                            "use --force to rebuild or another --out")
@@ -276,7 +276,7 @@ def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int 
     from latent_combo.utils import atomic_write_text
 
     atomic_write_text(out / CONFIG, json.dumps(config, indent=1))
-    (out / METADATA).unlink(missing_ok=True)  # stale until every episode is there
+    (out / data.METADATA).unlink(missing_ok=True)  # stale until every episode is there
     action_dim = (WalkerWalk if env_id == "walker-walk" else SawyerDoor).action_dim
     todo = [i for i in range(episodes) if not _episode_ok(episode_path(out, i), steps, action_dim)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
@@ -319,7 +319,7 @@ def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int 
     )
     if flavour == "medium-replay" and hasattr(pols["medium-replay"], "entries"):
         meta_fields["replay_entries"] = pols["medium-replay"].entries(episodes).tolist()
-    write_metadata(out, **meta_fields)
+    data.write_metadata(out, **meta_fields)
     (out / CONFIG).unlink(missing_ok=True)  # metadata.json's collect_config takes over
     return out
 

@@ -62,7 +62,10 @@ def evaluate(env, actor, episodes, seed):
 
 def train(env_id: str, steps: int, out: Path, seed: int = 0, eval_every: int = 10000,
           eval_episodes: int = 5, seed_steps: int = 5000, batch: int = 256, lr: float = 3e-4,
-          gamma: float = 0.99, tau: float = 0.005, hidden: int = 256):
+          gamma: float = 0.99, tau: float = 0.005, hidden: int = 256, update_every: int = 1):
+    """SAC on the state-only env. `update_every` k > 1 makes one gradient update per k env steps: the
+    learner then needs about k times more episodes to reach a given return, which is how the
+    medium-replay run gathers ~200 episodes of experience before it reaches medium level."""
     from tqdm import tqdm
 
     torch.set_num_threads(1)  # small MLPs: one thread is fastest and leaves the other core free
@@ -95,7 +98,7 @@ def train(env_id: str, steps: int, out: Path, seed: int = 0, eval_every: int = 1
                              "end_step": step})
             ep_seed += 1
             obs, ep_actions, ep_ret = env.reset(seed=ep_seed), [], 0.0
-        if step > seed_steps:
+        if step > seed_steps and step % update_every == 0:
             b = replay.sample(rng, batch)
             alpha = log_alpha.exp().detach()
             lc, _ = losses.bellman_loss(critic, target, actor, alpha, b, gamma)
@@ -143,10 +146,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=128, help="128 halves the update cost of 256 on CPU")
+    p.add_argument("--update-every", type=int, default=1, help="env steps per gradient update")
     a = p.parse_args(argv)
     out = a.out or Path("runs/behaviour") / a.env
     t0 = time.time()
-    ladder = train(a.env, a.steps, out, a.seed, a.eval_every, batch=a.batch)
+    ladder = train(a.env, a.steps, out, a.seed, a.eval_every, batch=a.batch, update_every=a.update_every)
     print(json.dumps(ladder[-3:], indent=1), f"\n{time.time() - t0:.0f}s")
 
 
