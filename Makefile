@@ -5,7 +5,8 @@ VENV_STAMP := .venv/.installed
 DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglib2.0-0
 
 ENV ?= walker-walk
-DATASET ?= medium-replay
+# Sawyer's image results in the paper are on medium-expert and expert; walker's headline is medium-replay.
+DATASET ?= $(if $(filter sawyer%,$(ENV)),medium-expert,medium-replay)
 ALGO ?= combo
 PRESET ?= cpu
 SEED ?= 0
@@ -47,8 +48,17 @@ train-latent: setup
 	.venv/bin/latent-combo train --env $(ENV) --dataset $(DATASET) --algo $(ALGO) --preset $(PRESET) \
 	  --seed $(SEED) $(ARGS)
 
+# Walker behaviour policies from scratch: one SAC run for the expert (an update per step), one that
+# updates every 5th step for medium and the medium-replay experience (~200 episodes before it reaches
+# medium), then pick and ship. Sawyer's behaviour is Meta-World's scripted policy: nothing to train.
 train-behaviour: setup
-	$(PY) -m data_collection.sac --env $(ENV) $(ARGS)
+	@case "$(ENV)" in sawyer*) echo "sawyer datasets use Meta-World's scripted policy: nothing to train"; \
+	  exit 1;; esac
+	$(PY) -m data_collection.sac --env $(ENV) --steps 90000 --eval-every 2500 --out runs/behaviour/$(ENV)
+	$(PY) -m data_collection.sac --env $(ENV) --steps 150000 --eval-every 5000 --update-every 5 --seed 1 \
+	  --out runs/behaviour/$(ENV)-replay
+	$(PY) -m data_collection.ship --env $(ENV) --ladder runs/behaviour/$(ENV)-replay \
+	  --expert-ladder runs/behaviour/$(ENV)
 
 collect-walker: setup
 	for f in medium expert medium-replay medium-expert; do \
