@@ -27,6 +27,16 @@ def machine_line() -> str:
             f"load average {os.getloadavg()[0]:.2f}")
 
 
+def load_note() -> str | None:
+    """A warning when other processes already keep the cores busy (every figure is then lower, and
+    OpenMP threads that wait on each other can make multi-threaded runs many times slower)."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load < 0.5 * cores:
+        return None
+    return (f"note: load average {load:.2f} on {cores} cores before this run: other processes compete for the "
+            f"cores, so every figure below is lower than on an idle machine (compare --threads 1)")
+
+
 def matmul_peak(n: int = 2048, reps: int = 5, seconds: float = 1.0) -> float:
     """Best observed fp32 GFLOP/s of an n x n @ n x n torch.mm (2 n^3 FLOPs) with the current threads."""
     a, b = torch.randn(n, n), torch.randn(n, n)

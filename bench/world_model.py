@@ -21,7 +21,7 @@ import argparse
 import numpy as np
 import torch
 
-from common import count_flops, machine_line, matmul_peak, print_table, set_threads, time_it
+from common import count_flops, load_note, machine_line, matmul_peak, print_table, set_threads, time_it
 
 ACTION_DIM = 6  # walker
 
@@ -92,6 +92,8 @@ def main(argv=None):
     iters = a.iters or (2 if a.quick else 3)
 
     print(machine_line())
+    if load_note():
+        print(load_note())
     print(f"world model: paper sizes deter {cfg.deter}, stoch {cfg.stoch}, hidden {cfg.hidden}, depth {cfg.depth}, "
           f"K {cfg.ensemble}; {iters} timed updates per row after 1 warm-up")
     peak = matmul_peak()

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -124,16 +125,21 @@ def cmd_eval(a) -> int:
     wm_ckpt, agent_ckpt = load_checkpoint(run_dir / "wm.pt"), load_checkpoint(run_dir / "agent.pt")
     if wm_ckpt is None or agent_ckpt is None:
         raise FileNotFoundError(f"{run_dir}: needs wm.pt and agent.pt (train the run first)")
-    dataset = OfflineDataset(dataset_dir(cfg), check=False)
-    wm = build_world_model(cfg, dataset, device)
-    wm.load_state_dict(wm_ckpt["model"])
+    # Sizes come from the env; the state normaliser is restored from the checkpoint's buffers, so the
+    # dataset itself is not needed.
     from latent_combo.agent import Agent
+    from latent_combo.envs import make_env
+    from latent_combo.world_model import WorldModel
 
-    feat = wm.rssm.feat_dim
-    agent = Agent(cfg.agent, cfg.algo, feat, dataset.action_dim).to(device)
+    env = make_env(cfg.env, render=False)
+    wm = WorldModel(cfg.wm, cfg.obs, env.action_dim, env.state_dim, np.zeros(env.state_dim),
+                    np.ones(env.state_dim)).to(device)
+    wm.load_state_dict(wm_ckpt["model"])
+    agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
     agent.load_state_dict(agent_ckpt["agent"])
-    result, _ = evaluate(wm, agent.actor, cfg.env, a.eval_episodes, device, seed=a.seed)
-    print(json.dumps({k: v for k, v in result.items()}, indent=1))
+    result, _ = evaluate(wm, agent.actor, cfg.env, a.eval_episodes, device, seed=a.seed,
+                         max_steps=cfg.eval_max_steps)
+    print(json.dumps(result, indent=1))
     return 0
 
 

@@ -96,3 +96,9 @@ def test_select_picks_lowest_regulariser_without_returns(tmp_path, capsys):
                                                     "algo": "combo"}))
     assert cli(["select", *(str(tmp_path / n) for n in "abc")]) == 0
     assert capsys.readouterr().out.strip().endswith(f"pick: {tmp_path / 'b'}")
+
+
+def test_eval_command_needs_only_the_run_folder(world_models, capsys):
+    assert cli(["eval", str(world_models["sawyer-door"]), "--eval-episodes", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["eval_episodes"] == 2 and 0.0 <= out["eval_success_rate"] <= 1.0
