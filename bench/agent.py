@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 
 import torch
-
 from common import count_flops, load_note, machine_line, matmul_peak, print_table, set_threads, time_it
 
 
@@ -46,9 +45,10 @@ def main(argv=None):
     p.add_argument("--action-dim", type=int, default=6)
     p.add_argument("--batch", type=int, default=256, help="transitions per update (latent_combo: half real)")
     a = p.parse_args(argv)
+    from reference import RefAgent
+
     from latent_combo.agent import Agent
     from latent_combo.config import resolve
-    from reference import RefAgent
 
     set_threads(a.threads)
     seconds = 1.0 if a.quick else a.seconds
@@ -90,8 +90,8 @@ def main(argv=None):
     for name, penalty, build, _ in impls:
         torch.manual_seed(0)
         update = build()
-        flops = count_flops(update)
-        sec = time_it(update, iters=5, warmup=3, min_seconds=seconds)
+        flops = count_flops(update)  # also the first warm-up update (optimiser state allocated)
+        sec = time_it(update, iters=5, warmup=2, min_seconds=seconds)
         results[name] = (penalty, flops, sec)
         print(f"  done {name}: {1 / sec:.1f} updates/s", flush=True)
     rows = []

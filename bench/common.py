@@ -34,7 +34,8 @@ def load_note() -> str | None:
     if load < 0.5 * cores:
         return None
     return (f"note: load average {load:.2f} on {cores} cores before this run: other processes compete for the "
-            f"cores, so every figure below is lower than on an idle machine (compare --threads 1)")
+            f"cores, so every figure below is lower than on an idle machine; OpenMP threads that spin-wait on each "
+            f"other then run many times slower: compare --threads 1, or OMP_WAIT_POLICY=PASSIVE in the environment")
 
 
 def matmul_peak(n: int = 2048, reps: int = 5, seconds: float = 1.0) -> float:

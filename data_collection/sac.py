@@ -101,7 +101,7 @@ def train(env_id: str, steps: int, out: Path, seed: int = 0, eval_every: int = 1
         if step > seed_steps and step % update_every == 0:
             b = replay.sample(rng, batch)
             alpha = log_alpha.exp().detach()
-            lc, _ = losses.bellman_loss(critic, target, actor, alpha, b, gamma)
+            lc, _, _ = losses.bellman_loss(critic, target, actor, alpha, b, gamma)
             opt_c.zero_grad(set_to_none=True)
             lc.backward()
             opt_c.step()

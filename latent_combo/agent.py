@@ -48,14 +48,15 @@ class Agent(nn.Module):
         """One critic step on eq. 2: Bellman error on the f-mixture plus beta * regulariser."""
         mixed = real if model is None else {k: torch.cat([real[k], model[k]]) for k in real}
         alpha = self.log_alpha.exp().detach()
-        loss, metrics = losses.bellman_loss(self.critic, self.target_critic, self.actor, alpha, mixed,
-                                            self.cfg.gamma)
+        loss, metrics, q = losses.bellman_loss(self.critic, self.target_critic, self.actor, alpha, mixed,
+                                               self.cfg.gamma)
         if USES_PENALTY[self.algo]:
             # COMBO pushes down on model-rollout states only; CQL, without a model, on dataset states.
+            # Q is pushed up on the dataset pairs: the real rows, which come first in the mixed batch.
             push_down = model["state"] if self.algo == "combo" else real["state"]
             penalty, pm = losses.conservative_penalty(self.critic, self.actor, push_down, real["state"],
                                                       real["action"], self.cfg.penalty_form,
-                                                      self.cfg.penalty_actions)
+                                                      self.cfg.penalty_actions, q_data=q[:, :len(real["state"])])
             loss = loss + self.cfg.beta * penalty
             metrics.update(pm)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -67,10 +68,13 @@ class Agent(nn.Module):
 
     def update_actor(self, states: torch.Tensor):
         """Eq. 3 on states from rollouts and the dataset, then the entropy temperature."""
+        # The critic's weight gradients from the actor loss would be thrown away: skip computing them.
+        self.critic.requires_grad_(False)
         loss, metrics, logp = losses.actor_loss(self.actor, self.critic, self.log_alpha.exp().detach(), states)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
+        self.critic.requires_grad_(True)
         a_loss, am = losses.alpha_loss(self.log_alpha, logp, self.target_entropy)
         self.alpha_opt.zero_grad(set_to_none=True)
         a_loss.backward()

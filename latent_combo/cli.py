@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+# Idle OpenMP threads sleep instead of spinning: with spinning, torch on 2 threads ran up to 100x slower
+# whenever another process (a collector, a second run) held a core. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def cmd_info(a) -> int:

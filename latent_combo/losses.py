@@ -10,9 +10,12 @@ import math
 
 import torch
 
+from latent_combo.nets import gaussian_tanh_log_prob
+
 
 def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float):
     """1/2 E_{d_f}[(Q(s,a) - (r + gamma * disc * (min_k Q'(s',a') - alpha log pi(a'|s'))))^2].
+    Returns (loss, metrics, Q(s,a) of shape (K, N)).
 
     `batch` holds state, action, reward, discount, next_state, already mixed from real and model
     data with the fraction f by the caller (eq. 2's d_f).
@@ -23,18 +26,20 @@ def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float)
         target = batch["reward"] + gamma * batch["discount"] * (next_q - alpha * next_logp)
     q = critic(batch["state"], batch["action"])  # (K, N)
     loss = 0.5 * ((q - target) ** 2).mean(1).sum()
-    return loss, {"q_mean": q.mean().item(), "td_target": target.mean().item(),
-                  "bellman": loss.item()}
+    metrics = {"q_mean": q.mean().item(), "td_target": target.mean().item(), "bellman": loss.item()}
+    return loss, metrics, q
 
 
 def conservative_penalty(critic, actor, push_down_states, data_states, data_actions,
-                         form: str = "logsumexp", num_actions: int = 10):
+                         form: str = "logsumexp", num_actions: int = 10, q_data=None):
     """E_{s~rho, a~pi}[Q(s,a)] - E_{(s,a)~D}[Q(s,a)]: the bracket of eq. 2, summed over critics.
 
     Q is pushed down on `push_down_states` (model-rollout states for COMBO, dataset states for CQL)
     and pushed up on dataset pairs only. `form="policy"` is eq. 2 as written (Q at policy actions);
     `form="logsumexp"` is CQL(H)'s practical soft-maximum over N uniform and N policy actions with
     importance weights, which pushes down the highest Q among many actions rather than one sample.
+    `q_data` (K, n) may pass in Q(data_states, data_actions) already computed with grad (the Bellman
+    term's real rows) to save a critic pass.
     """
     n, a_dim = push_down_states.shape[0], data_actions.shape[-1]
     if form == "policy":
@@ -44,8 +49,10 @@ def conservative_penalty(critic, actor, push_down_states, data_states, data_acti
         q_rho = pushed_down.detach()
     elif form == "logsumexp":
         with torch.no_grad():
-            s_rep = push_down_states.unsqueeze(0).expand(num_actions, n, -1)
-            a_pi, logp_pi = actor.sample(s_rep)  # (N_a, n, A), (N_a, n)
+            # The policy's mean and std depend on the state only: one actor pass, N_a draws.
+            mu, log_std = actor.dist(push_down_states)
+            u = mu + log_std.exp() * torch.randn(num_actions, *mu.shape, device=mu.device)
+            a_pi, logp_pi = torch.tanh(u), gaussian_tanh_log_prob(u, mu, log_std)  # (N_a, n, A), (N_a, n)
         a_unif = torch.rand(num_actions, n, a_dim, device=push_down_states.device) * 2 - 1
         log_unif = a_dim * math.log(0.5)  # density of U[-1,1]^A
         q_pi_raw = critic(push_down_states, a_pi)  # (K, N_a, n)
@@ -55,7 +62,7 @@ def conservative_penalty(critic, actor, push_down_states, data_states, data_acti
         pushed_down = (torch.logsumexp(cat, 1) - math.log(2 * num_actions)).mean(1)
     else:
         raise ValueError(f"penalty form {form!r}: expected 'logsumexp' or 'policy'")
-    pushed_up = critic(data_states, data_actions).mean(1)
+    pushed_up = (critic(data_states, data_actions) if q_data is None else q_data).mean(1)
     penalty = (pushed_down - pushed_up).sum()
     # The regulariser E_rho[Q] - E_D[Q] drives offline hyperparameter selection; logged in the plain
     # form of eq. 2 whichever form is optimised, so runs are comparable.

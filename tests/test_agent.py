@@ -28,7 +28,7 @@ def test_loss_terms_finite_scalars(form):
     torch.manual_seed(0)
     ag = Agent(agent_cfg(penalty_form=form), "combo", F, A)
     real, model = batch(16), batch(16, 1)
-    b, bm = losses.bellman_loss(ag.critic, ag.target_critic, ag.actor, 0.1, real, 0.99)
+    b, bm, _ = losses.bellman_loss(ag.critic, ag.target_critic, ag.actor, 0.1, real, 0.99)
     p, pm = losses.conservative_penalty(ag.critic, ag.actor, model["state"], real["state"], real["action"], form, 4)
     a, am, logp = losses.actor_loss(ag.actor, ag.critic, 0.1, real["state"])
     al, _ = losses.alpha_loss(ag.log_alpha, logp, -A)
@@ -89,9 +89,9 @@ def test_algo_switches_touch_only_their_part(monkeypatch):
     calls = []
     real_penalty = losses.conservative_penalty
 
-    def spy(critic, actor, push_down, data_states, data_actions, *args):
+    def spy(critic, actor, push_down, data_states, data_actions, *args, **kwargs):
         calls.append((push_down, data_states))
-        return real_penalty(critic, actor, push_down, data_states, data_actions, *args)
+        return real_penalty(critic, actor, push_down, data_states, data_actions, *args, **kwargs)
 
     monkeypatch.setattr(agent_mod.losses, "conservative_penalty", spy)
     expected = {"combo": (True, 0.5, "model"), "lompo": (True, 0.5, None), "lmbpo": (True, 0.5, None),
@@ -134,3 +134,15 @@ def test_lompo_reward_penalty_is_head_disagreement():
     # The first state of each rollout is the real start state; later ones are the model's.
     torch.testing.assert_close(plain["state"].view(6, 3, -1)[:, 0], start)
     torch.testing.assert_close(plain["state"].view(6, 3, -1)[:, 1:], plain["next_state"].view(6, 3, -1)[:, :-1])
+
+
+def test_penalty_with_precomputed_data_q_is_identical():
+    torch.manual_seed(0)
+    ag = Agent(agent_cfg(), "combo", F, A)
+    real, model = batch(16), batch(16, 1)
+    torch.manual_seed(5)
+    p1, _ = losses.conservative_penalty(ag.critic, ag.actor, model["state"], real["state"], real["action"])
+    torch.manual_seed(5)
+    p2, _ = losses.conservative_penalty(ag.critic, ag.actor, model["state"], real["state"], real["action"],
+                                        q_data=ag.critic(real["state"], real["action"]))
+    torch.testing.assert_close(p1, p2)

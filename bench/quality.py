@@ -1,0 +1,103 @@
+"""Does it learn? Train each (algo, seed) on one dataset and print one table of final scores.
+
+    python bench/quality.py --env walker-walk --dataset medium-replay --obs state --preset cpu \
+        --algos combo lmbpo bc --seeds 0 1 2 [--workers 2] [key=value ...]
+
+Per seed, the first algo trains the world model and the others reuse it (`--world-model`), so the
+algorithms differ only in what the issue compares. Each run is an independent `latent-combo train`
+process; `--workers` runs several seeds at once. Finished runs are not retrained (their results.json is
+read), so an interrupted benchmark resumes. Writes quality.json and quality.csv into the logdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from latent_combo.evaluate import ci95  # noqa: E402
+
+
+def run_dir(a, algo, seed) -> Path:
+    return Path(a.logdir) / a.env / Path(a.dataset).name / f"{algo}-{a.obs}-{a.preset}-s{seed}"
+
+
+def train(a, algo, seed, world_model=None) -> dict:
+    out = run_dir(a, algo, seed)
+    if (out / "results.json").exists():
+        return json.loads((out / "results.json").read_text())
+    cmd = [sys.executable, "-m", "latent_combo.cli", "train", "--env", a.env, "--dataset", a.dataset, "--algo", algo,
+           "--preset", a.preset, "--obs", a.obs, "--seed", str(seed), "--logdir", a.logdir, *a.overrides]
+    if world_model:
+        cmd += ["--world-model", str(world_model)]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench.log", "a") as log:
+        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed; see {out / 'bench.log'}")
+    return json.loads((out / "results.json").read_text())
+
+
+def seed_runs(a, seed) -> list[dict]:
+    first, *rest = a.algos
+    results = [train(a, first, seed)]
+    return results + [train(a, algo, seed, run_dir(a, first, seed)) for algo in rest]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="walker-walk")
+    p.add_argument("--dataset", default="medium-replay")
+    p.add_argument("--obs", default="state", choices=("image", "state"))
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--algos", nargs="+", default=["combo", "lmbpo", "bc"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--logdir", default="runs/quality")
+    p.add_argument("overrides", nargs="*", help="config overrides for every run, key=value")
+    a = p.parse_args(argv)
+    t0 = time.time()
+    with ThreadPoolExecutor(a.workers) as pool:
+        rows = [r for rs in pool.map(lambda s: seed_runs(a, s), a.seeds) for r in rs]
+    success = a.env.startswith("sawyer")
+    key = "eval_success_rate" if success else "eval_normalized_score"
+    stats = rows[0]["dataset_stats"]
+    print(f"\n{a.env} {a.dataset} obs={a.obs} preset={a.preset} seeds={a.seeds}  "
+          f"({time.time() - t0:.0f}s)")
+    print(f"dataset: {stats['episodes']} episodes, Batch Mean {stats['return_mean']:.1f}, "
+          f"Batch Max {stats['return_max']:.1f}" + (f", success {stats['success_rate']:.0%}" if success else
+                                                     f" (normalised {stats['return_mean'] / 10:.1f} / "
+                                                     f"{stats['return_max'] / 10:.1f})"))
+    print(f"{'algo':<7} {'score' if not success else 'success':>16} {'per seed':<28} {'regulariser':>12} {'wall':>8}")
+    table = []
+    for algo in a.algos:
+        rs = [r for r in rows if r["algo"] == algo]
+        scores = [r[key] for r in rs]
+        regs = [r["final_regulariser"] for r in rs if r.get("final_regulariser") is not None]
+        row = {"algo": algo, "mean": float(np.mean(scores)), "ci95": ci95(scores), "scores": scores,
+               "regulariser": float(np.mean(regs)) if regs else None,
+               "wall_s": float(np.mean([r["wall_time_s"] for r in rs]))}
+        table.append(row)
+        per_seed = " ".join(f"{s:.1f}" for s in scores)
+        reg = "-" if row["regulariser"] is None else f"{row['regulariser']:.3f}"
+        print(f"{algo:<7} {row['mean']:>8.1f} ±{row['ci95']:<6.1f} {per_seed:<28} {reg:>12} {row['wall_s']:>7.0f}s")
+    out = Path(a.logdir)
+    (out / "quality.json").write_text(json.dumps({"args": vars(a), "dataset": stats, "table": table,
+                                                  "runs": rows}, indent=1))
+    with open(out / "quality.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["algo", "mean", "ci95", "regulariser", "wall_s"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(table)
+
+
+if __name__ == "__main__":
+    main()
