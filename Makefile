@@ -48,14 +48,15 @@ train-latent: setup
 	.venv/bin/latent-combo train --env $(ENV) --dataset $(DATASET) --algo $(ALGO) --preset $(PRESET) \
 	  --seed $(SEED) $(ARGS)
 
-# Walker behaviour policies from scratch: one SAC run for the expert (an update per step), one that
-# updates every 5th step for medium and the medium-replay experience (~200 episodes before it reaches
-# medium), then pick and ship. Sawyer's behaviour is Meta-World's scripted policy: nothing to train.
+# Walker behaviour policies from scratch: one SAC run for the expert (an update per env step), one that
+# updates every 4th step, for medium and the medium-replay experience (a slower learner gathers more
+# episodes before it reaches medium), then pick and ship. Sawyer's behaviour is Meta-World's scripted
+# policy: nothing to train.
 train-behaviour: setup
 	@case "$(ENV)" in sawyer*) echo "sawyer datasets use Meta-World's scripted policy: nothing to train"; \
 	  exit 1;; esac
-	$(PY) -m data_collection.sac --env $(ENV) --steps 90000 --eval-every 2500 --out runs/behaviour/$(ENV)
-	$(PY) -m data_collection.sac --env $(ENV) --steps 150000 --eval-every 5000 --update-every 5 --seed 1 \
+	$(PY) -m data_collection.sac --env $(ENV) --steps 80000 --eval-every 10000 --out runs/behaviour/$(ENV)
+	$(PY) -m data_collection.sac --env $(ENV) --steps 200000 --eval-every 5000 --update-every 4 --seed 2 \
 	  --out runs/behaviour/$(ENV)-replay
 	$(PY) -m data_collection.ship --env $(ENV) --ladder runs/behaviour/$(ENV)-replay \
 	  --expert-ladder runs/behaviour/$(ENV)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -42,7 +44,10 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     agent = Agent(c, cfg.algo, feat_dim, action_dim).to(device)
     real = TransitionBuffer.from_transitions(transitions, device)
     model_buf = TransitionBuffer(c.model_buffer, feat_dim, action_dim, device) if agent.uses_rollouts else None
-    ckpt, start, history = load_checkpoint(run_dir / "agent.pt"), 0, []
+    ckpt, start, history, metrics = load_checkpoint(run_dir / "agent.pt"), 0, [], {}
+    # The selection rule reads the regulariser averaged over the last tenth of training: one update's
+    # value is too noisy to rank runs by.
+    reg_tail = deque(maxlen=max(1, c.steps // 10))
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
         for name, opt in agent.optimisers().items():
@@ -51,13 +56,16 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
             model_buf.load_state_dict(ckpt["model_buffer"])
         set_rng_state(ckpt["rng"])
         start, history = ckpt["step"], ckpt["history"]
+        metrics = ckpt.get("last_metrics", {})
+        reg_tail.extend(ckpt.get("regulariser_tail", []))
         if start < c.steps:
             print(f"agent: resuming at step {start}")
     stop = min(steps or c.steps, c.steps)
 
     def save(step):
         state = {"agent": agent.state_dict(), "step": step, "rng": rng_state(), "history": history,
-                 "config": to_dict(cfg), **{k: o.state_dict() for k, o in agent.optimisers().items()}}
+                 "last_metrics": metrics, "regulariser_tail": list(reg_tail), "config": to_dict(cfg),
+                 **{k: o.state_dict() for k, o in agent.optimisers().items()}}
         if model_buf is not None:
             state["model_buffer"] = model_buf.state_dict()
         atomic_save(state, run_dir / "agent.pt")
@@ -65,7 +73,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     n_real = c.batch if not agent.uses_rollouts else int(round(c.batch * agent.real_ratio))
     lompo_lambda = c.lompo_lambda if cfg.algo == "lompo" else 0.0
     bar = tqdm(range(start + 1, stop + 1), desc=f"agent ({cfg.algo})", initial=start, total=stop, mininterval=2)
-    t0, metrics = time.time(), {}
+    t0 = time.time()
     for step in bar:
         if agent.uses_rollouts and (step - 1) % c.rollout_every == 0:
             starts = real.sample(c.rollout_batch)["state"]
@@ -76,6 +84,9 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         model_batch = model_buf.sample(c.batch - n_real) if agent.uses_rollouts else None
         metrics = agent.update(real_batch, model_batch)
         check_finite(metrics, f"agent ({cfg.algo})", step)
+        if "regulariser" in metrics:
+            reg_tail.append(metrics["regulariser"])
+            metrics["regulariser_tail_mean"] = float(np.mean(reg_tail))
         if step % c.log_every == 0 or step == stop:
             log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step)
             metrics["updates_per_s"] = (step - start) / (time.time() - t0)

@@ -57,6 +57,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
             shutil.copy(src, run_dir / "wm.pt")
     train_world_model(cfg, wm, dataset, run_dir, writer, device)
     transitions = real_transitions(cfg, wm, dataset, run_dir, device)
+    dataset_stats = dataset.stats()
     del dataset  # images are no longer needed; the agent works on latents
     agent = train_agent(cfg, wm, transitions, run_dir, writer, device)
     result, frames = evaluate(wm, agent.actor, cfg.env, cfg.final_eval_episodes, device, seed=1_000_000,
@@ -71,9 +72,10 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
     writer.close()
     results = {"env": cfg.env, "dataset": str(data_path), "algo": cfg.algo, "obs": cfg.obs, "seed": cfg.seed,
                "preset": cfg.preset, **result,
-               "final_regulariser": agent.last_metrics.get("regulariser"),
+               # Averaged over the last tenth of the updates (see agent_training.train_agent).
+               "final_regulariser": agent.last_metrics.get("regulariser_tail_mean"),
                "final_q_mean": agent.last_metrics.get("q_mean"),
-               "dataset_stats": OfflineDataset(data_path, check=False).stats(),
+               "dataset_stats": dataset_stats,
                "history": agent.history, "wall_time_s": time.time() - t0, "device": str(device),
                "run_dir": str(run_dir)}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
