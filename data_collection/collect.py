@@ -86,8 +86,13 @@ def plan(env_id: str, flavour: str, episodes: int) -> tuple[dict, list[str]]:
     else:
         parts = [flavour] * episodes
     pols = {p: policies.behaviour_policy(env_id, p) for p in dict.fromkeys(parts)}
-    if flavour == "medium-replay" and hasattr(pols["medium-replay"], "entries"):
-        pols["medium-replay"].entries(episodes)  # fail now, not in a worker, if too few are recorded
+    replay = pols.get("medium-replay")
+    if replay is not None and hasattr(replay, "entries") and episodes > len(replay):
+        # The training run reached medium after fewer episodes than asked for: medium-replay is all of
+        # them (as D4RL's, whose size the training run sets), never a repeat.
+        print(f"note: {replay.path.name} holds {len(replay)} training episodes up to medium level; "
+              f"medium-replay uses all {len(replay)} instead of {episodes}")
+        parts = parts[:len(replay)]
     return pols, parts
 
 
@@ -236,6 +241,7 @@ def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int 
     from tqdm import tqdm
 
     pols, parts = plan(env_id, flavour, episodes)
+    episodes = len(parts)
     out = Path(out) if out is not None else default_out(env_id, flavour)
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"--max-steps must be at least 1, got {max_steps}")

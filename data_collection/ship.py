@@ -8,7 +8,8 @@ episode as reset seed + actions) written by data_collection/sac.py, and writes t
 data_collection/checkpoints/:
 - ENV-medium.pt: the checkpoint whose eval return is closest to 500, within [400, 600] (else an error);
 - ENV-expert.pt: the checkpoint with the best eval return (a warning below 900);
-- ENV-replay.npz: the training episodes that ended at or before the medium checkpoint's step, in order
+- ENV-replay.npz: the training episodes that ended at or before the last checkpoint of the in-band stretch
+  holding the medium pick (`replay_endpoint`), in order
   (seeds, actions float32, returns, end_steps): medium-replay is rebuilt by replaying them.
 Each .pt holds only the actor (state_dict, hidden, env, step, eval_return, eval_success).
 """
@@ -38,6 +39,18 @@ def pick_medium(ladder: list[dict]) -> dict:
         raise ValueError(f"no checkpoint has an eval return in [{lo:.0f}, {hi:.0f}] for the medium policy "
                          f"(step: return = {seen}); evaluate more often (--eval-every) or retrain")
     return min(band, key=lambda e: (abs(e["eval_return"] - MEDIUM_TARGET), e["step"]))
+
+
+def replay_endpoint(ladder: list[dict], medium: dict) -> int:
+    """The env step where medium-replay's experience ends: the last checkpoint of the stretch of
+    checkpoints in the medium band that contains the medium pick (the learner is still at medium level
+    there), so that the replay holds as much medium-level training as the run has."""
+    lo, hi = MEDIUM_BAND
+    ordered = sorted(ladder, key=lambda e: e["step"])
+    i = next(k for k, e in enumerate(ordered) if e["step"] == medium["step"])
+    while i + 1 < len(ordered) and lo <= ordered[i + 1]["eval_return"] <= hi:
+        i += 1
+    return int(ordered[i]["step"])
 
 
 def pick_expert(ladder: list[dict]) -> dict:
@@ -90,7 +103,8 @@ def ship(env_id: str, ladder_dir: str | Path, dest: str | Path = CHECKPOINT_DIR,
 
     with np.load(ladder_dir / "experience.npz") as f:
         exp = {k: f[k] for k in f.files}
-    keep = np.flatnonzero(exp["end_steps"] <= medium["step"])
+    replay_end = replay_endpoint(read_ladder(ladder_dir, env_id), medium)
+    keep = np.flatnonzero(exp["end_steps"] <= replay_end)
     replay = dest / f"{env_id}-replay.npz"
     tmp = replay.with_name(f".{replay.stem}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, seeds=exp["seeds"][keep].astype(np.int64),
