@@ -154,7 +154,10 @@ def test_replay_selection_and_too_few(stub_walker):
     ep = rp.for_episode(1, 3)
     assert ep.reset_seed == 103 and ep.entry == 3
     with pytest.raises(ValueError, match="holds 7 recorded"):
-        C.plan("walker-walk", "medium-replay", 8)
+        rp.entries(8)
+    # Asking the collector for more than were recorded takes all of them, each once.
+    _, parts = C.plan("walker-walk", "medium-replay", 8)
+    assert len(parts) == 7
 
 
 def test_sawyer_noise_schedule():
