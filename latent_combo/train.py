@@ -123,7 +123,8 @@ def train_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
         opt.step()
         if step % c.log_every == 0 or step == stop:
             metrics["wm/updates_per_s"] = (step - start) / (time.time() - t0)
-            report.log_scalars(writer, metrics, step, "loss/")
+            report.log_scalars(writer, {k: v for k, v in metrics.items() if "updates_per_s" not in k}, step, "loss/")
+            writer.add_scalar("train/wm_updates_per_s", metrics["wm/updates_per_s"], step)
             bar.set_postfix(obs=f"{metrics['wm/obs']:.1f}", kl=f"{metrics['wm/kl']:.2f}")
         if step % c.image_every == 0 or step == c.steps:
             log_open_loop(wm, dataset, report_rng, writer, step, device)
