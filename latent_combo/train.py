@@ -37,16 +37,20 @@ def check_finite(metrics: dict, stage: str, step: int) -> None:
 # ----- datasets and run folders ---------------------------------------------------------------------
 
 def dataset_dir(cfg: Config) -> Path:
-    """A flavour name resolves to data/ENV/FLAVOUR, built on the fly (cfg.default_episodes) if missing;
-    anything else is taken as a folder path."""
+    """A flavour name resolves to data/ENV/FLAVOUR when that dataset exists (e.g. from `make collect-walker`),
+    else to a small one, data/ENV/FLAVOUR-Nep with N = cfg.default_episodes, built on the fly if missing
+    (a separate folder, so a later full collection is not blocked by it). Anything else is a folder path."""
     if cfg.dataset in FLAVOURS:
-        path = Path("data") / cfg.env / cfg.dataset
-        if not (path / "metadata.json").exists():
+        full = Path("data") / cfg.env / cfg.dataset
+        if (full / "metadata.json").exists():
+            return full
+        small = Path("data") / cfg.env / f"{cfg.dataset}-{cfg.default_episodes}ep"
+        if not (small / "metadata.json").exists():
             from data_collection.collect import ensure_dataset
 
-            print(f"dataset {path} missing: building {cfg.default_episodes} episodes")
-            ensure_dataset(cfg.env, cfg.dataset, cfg.default_episodes, out=path, seed=cfg.seed)
-        return path
+            print(f"no dataset at {full}: building a small one, {cfg.default_episodes} episodes, in {small}")
+            ensure_dataset(cfg.env, cfg.dataset, cfg.default_episodes, out=small, seed=0)
+        return small
     path = Path(cfg.dataset)
     if not path.is_dir():
         raise FileNotFoundError(f"--dataset {cfg.dataset!r}: neither a flavour ({', '.join(FLAVOURS)}) "
