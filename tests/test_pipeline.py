@@ -102,3 +102,27 @@ def test_eval_command_needs_only_the_run_folder(world_models, capsys):
     assert cli(["eval", str(world_models["sawyer-door"]), "--eval-episodes", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["eval_episodes"] == 2 and 0.0 <= out["eval_success_rate"] <= 1.0
+
+
+def test_flavour_name_builds_a_small_dataset_in_its_own_folder(tmp_path, monkeypatch):
+    import data_collection.collect as collect
+    from latent_combo.train import dataset_dir
+
+    monkeypatch.chdir(tmp_path)
+    built = []
+
+    def fake_ensure(env, flavour, episodes, out, seed):
+        built.append((env, flavour, episodes, str(out), seed))
+        out.mkdir(parents=True)
+        (out / "metadata.json").write_text("{}")
+        return out
+
+    monkeypatch.setattr(collect, "ensure_dataset", fake_ensure)
+    cfg = resolve("debug", overrides={"dataset": "medium", "seed": 3})
+    assert dataset_dir(cfg) == tmp_path.joinpath("data/walker-walk/medium-2ep").relative_to(tmp_path)
+    assert built == [("walker-walk", "medium", 2, "data/walker-walk/medium-2ep", 0)]
+    dataset_dir(cfg)
+    assert len(built) == 1  # reused, not rebuilt
+    (tmp_path / "data/walker-walk/medium").mkdir(parents=True)
+    (tmp_path / "data/walker-walk/medium/metadata.json").write_text("{}")
+    assert str(dataset_dir(cfg)) == "data/walker-walk/medium"  # a full collection wins
