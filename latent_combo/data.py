@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latent_combo.envs import SUCCESS_ENVS
 from latent_combo.utils import atomic_write_text
 
 # key -> (dtype, trailing shape or None when it varies by env); leading dim is always T+1.
@@ -126,11 +127,14 @@ def write_metadata(directory: str | Path, **fields) -> dict:
     d = Path(directory)
     files = episode_files(d)
     eps = [load_episode(p, image_size=None) for p in files]
+    stats = episode_stats([e["reward"] for e in eps]) if eps else {}
+    if fields.get("env") not in SUCCESS_ENVS:
+        stats.pop("success_rate", None)  # "any positive reward" means success for sawyer's sparse reward only
     meta = {
         "dataset_id": fields.pop("dataset_id", d.name),
         "total_episodes": len(files),
         "total_steps": int(sum(len(e["reward"]) - 1 for e in eps)),
-        **(episode_stats([e["reward"] for e in eps]) if eps else {}),
+        **stats,
         "package_version": __version__,
         **fields,
         "files": {p.name: sha256(p) for p in files},
