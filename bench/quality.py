@@ -29,14 +29,14 @@ from latent_combo.evaluate import ci95  # noqa: E402
 
 
 def run_dir(a, algo, seed) -> Path:
-    return Path(a.logdir) / a.env / Path(a.dataset).name / f"{algo}-{a.obs}-{a.preset}-s{seed}"
+    return Path(a.logdir) / a.env / Path(a.data_path).name / f"{algo}-{a.obs}-{a.preset}-s{seed}"
 
 
 def train(a, algo, seed, world_model=None) -> dict:
     out = run_dir(a, algo, seed)
     if (out / "results.json").exists():
         return json.loads((out / "results.json").read_text())
-    cmd = [sys.executable, "-m", "latent_combo.cli", "train", "--env", a.env, "--dataset", a.dataset, "--algo", algo,
+    cmd = [sys.executable, "-m", "latent_combo.cli", "train", "--env", a.env, "--dataset", a.data_path, "--algo", algo,
            "--preset", a.preset, "--obs", a.obs, "--seed", str(seed), "--logdir", a.logdir, *a.overrides]
     if world_model:
         cmd += ["--world-model", str(world_model)]
@@ -66,6 +66,11 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="config overrides for every run, key=value")
     a = p.parse_args(argv)
     t0 = time.time()
+    # Resolve (and build, if missing) the dataset once, so every run trains on the same folder.
+    from latent_combo.config import resolve
+    from latent_combo.train import dataset_dir
+
+    a.data_path = str(dataset_dir(resolve(a.preset, a.env, {"dataset": a.dataset, "obs": a.obs})))
     with ThreadPoolExecutor(a.workers) as pool:
         rows = [r for rs in pool.map(lambda s: seed_runs(a, s), a.seeds) for r in rs]
     success = a.env.startswith("sawyer")

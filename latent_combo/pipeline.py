@@ -36,7 +36,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data_path = dataset_dir(cfg)
-    run_dir = run_dir_for(cfg)
+    run_dir = run_dir_for(cfg, data_path)
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def to_plain(cfg) -> dict:
 
 
 def results_table(rows: list[dict]) -> str:
-    head = f"{'env':<12} {'dataset':<16} {'algo':<6} {'obs':<5} {'seed':>4} {'return':>16} {'score/success':>15} " \
+    head = f"{'env':<12} {'dataset':<20} {'algo':<6} {'obs':<5} {'seed':>4} {'return':>16} {'score/success':>15} " \
            f"{'regulariser':>11} {'wall':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -98,7 +98,7 @@ def results_table(rows: list[dict]) -> str:
         else:
             score = f"{r['eval_normalized_score']:.1f} ±{r['eval_normalized_score_ci95']:.1f}"
         reg = r.get("final_regulariser")
-        lines.append(f"{r['env']:<12} {Path(r['dataset']).name:<16} {r['algo']:<6} {r['obs']:<5} {r['seed']:>4} "
+        lines.append(f"{r['env']:<12} {Path(r['dataset']).name:<20} {r['algo']:<6} {r['obs']:<5} {r['seed']:>4} "
                      f"{r['eval_return_mean']:>8.1f} ±{r['eval_return_ci95']:<6.1f} {score:>15} "
                      f"{'-' if reg is None else f'{reg:.3f}':>11} {r['wall_time_s']:>6.0f}s")
     return "\n".join(lines)

@@ -58,9 +58,10 @@ def dataset_dir(cfg: Config) -> Path:
     return path
 
 
-def run_dir_for(cfg: Config) -> Path:
-    name = Path(cfg.dataset).name
-    return Path(cfg.logdir) / cfg.env / name / f"{cfg.algo}-{cfg.obs}-{cfg.preset}-s{cfg.seed}"
+def run_dir_for(cfg: Config, data_path: Path) -> Path:
+    """Named after the resolved dataset folder, so a small on-the-fly dataset and the full collection of the
+    same flavour never share a run folder."""
+    return Path(cfg.logdir) / cfg.env / Path(data_path).name / f"{cfg.algo}-{cfg.obs}-{cfg.preset}-s{cfg.seed}"
 
 
 def save_config(cfg: Config, run_dir: Path) -> None:
