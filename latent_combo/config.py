@@ -227,6 +227,14 @@ def validate(cfg: Config) -> None:
                          "expected 'logsumexp' or 'policy'")
     if not 0.0 <= cfg.agent.real_ratio <= 1.0:
         raise ValueError(f"config key 'agent.real_ratio': {cfg.agent.real_ratio}; expected in [0, 1]")
+    if cfg.algo == "combo" and not 0.0 < cfg.agent.real_ratio < 1.0:
+        # COMBO pushes Q down on the batch's rollout rows and up on its real rows: it needs both.
+        raise ValueError(f"config key 'agent.real_ratio': {cfg.agent.real_ratio}; COMBO needs 0 < f < 1 "
+                         "(f = 1 without rollouts is --algo cql)")
+    per_refresh = cfg.agent.rollout_batch * cfg.agent.rollout_length
+    if per_refresh > cfg.agent.model_buffer:
+        raise ValueError(f"config: one rollout refresh makes agent.rollout_batch x agent.rollout_length = "
+                         f"{per_refresh} transitions, more than agent.model_buffer = {cfg.agent.model_buffer}")
 
 
 def from_dict(d: dict) -> Config:

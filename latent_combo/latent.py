@@ -21,8 +21,7 @@ def encode_dataset(wm, dataset, device, chunk: int = 32) -> dict[str, torch.Tens
         n = max(len(e["reward"]) for e in eps)
         # Pad at the end to one length; padding never influences the earlier, real steps.
         batch = {k: np.stack([np.concatenate([e[k], np.repeat(e[k][-1:], n - len(e[k]), 0)]) for e in eps])
-                 for k in ("image", "state", "action", "reward", "discount", "is_first", "is_terminal")
-                 if k in eps[0]}
+                 for k in (wm.obs, "action", "reward", "discount", "is_first", "is_terminal")}
         b = to_torch(batch, device)
         feats = wm.rssm.observe(wm.embed(wm.target(b)), b["action"], b["is_first"])["feat"]
         for j, e in enumerate(eps):

@@ -33,6 +33,10 @@ def test_bad_values_named():
         resolve("cpu", overrides={"algo": "sac"})
     with pytest.raises(ValueError, match="'wm.steps': expected an integer"):
         resolve("cpu", overrides={"wm.steps": 2.5})
+    with pytest.raises(ValueError, match="COMBO needs 0 < f < 1"):
+        resolve("cpu", overrides={"agent.real_ratio": 1.0})
+    with pytest.raises(ValueError, match="more than agent.model_buffer"):
+        resolve("cpu", overrides={"agent.model_buffer": 10})
     with pytest.raises(ValueError, match="expected key=value"):
         parse_overrides(["beta"])
 
