@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import yaml
 
-from latent_combo.agent_training import real_transitions, train_agent
-from latent_combo.config import ALGOS, PRESETS, from_dict, parse_overrides, resolve
+from latent_combo.agent_training import log_eval, real_transitions, train_agent
+from latent_combo.config import ALGOS, PRESETS, from_dict, parse_overrides, resolve, to_dict
 from latent_combo.data import OfflineDataset
 from latent_combo.envs import ENV_IDS, SUCCESS_ENVS
 from latent_combo.evaluate import evaluate
@@ -46,7 +46,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
     writer = SummaryWriter(str(run_dir))
     if not (run_dir / "wm.pt").exists():
         writer.add_text("hyperparameters", "\n".join(f"    {line}" for line in
-                                                      yaml.safe_dump(to_plain(cfg)).splitlines()))
+                                                      yaml.safe_dump(to_dict(cfg)).splitlines()))
     seed_everything(cfg.seed)  # initial weights depend on the seed alone
     wm = build_world_model(cfg, dataset, device)
     if world_model_from:
@@ -62,8 +62,6 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
     agent = train_agent(cfg, wm, transitions, run_dir, writer, device)
     result, frames = evaluate(wm, agent.actor, cfg.env, cfg.final_eval_episodes, device, seed=1_000_000,
                               record=cfg.obs == "image", max_steps=cfg.eval_max_steps)
-    from latent_combo.agent_training import log_eval
-
     log_eval(writer, result, frames, cfg.agent.steps)
     if frames:
         import imageio.v2 as imageio
@@ -80,12 +78,6 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
                "run_dir": str(run_dir)}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     return results
-
-
-def to_plain(cfg) -> dict:
-    from latent_combo.config import to_dict
-
-    return to_dict(cfg)
 
 
 def results_table(rows: list[dict]) -> str:
