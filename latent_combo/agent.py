@@ -51,9 +51,15 @@ class Agent(nn.Module):
         loss, metrics, q = losses.bellman_loss(self.critic, self.target_critic, self.actor, alpha, mixed,
                                                self.cfg.gamma)
         if USES_PENALTY[self.algo]:
-            # COMBO pushes down on model-rollout states only; CQL, without a model, on dataset states.
+            # COMBO pushes down on model-rollout states (plus dataset states with `rho_dataset`, which
+            # the paper's practical version does for stability); CQL, without a model, on dataset states.
             # Q is pushed up on the dataset pairs: the real rows, which come first in the mixed batch.
-            push_down = model["state"] if self.algo == "combo" else real["state"]
+            if self.algo != "combo":
+                push_down = real["state"]
+            elif self.cfg.rho_dataset:
+                push_down = torch.cat([model["state"], real["state"]])
+            else:
+                push_down = model["state"]
             penalty, pm = losses.conservative_penalty(self.critic, self.actor, push_down, real["state"],
                                                       real["action"], self.cfg.penalty_form,
                                                       self.cfg.penalty_actions, q_data=q[:, :len(real["state"])])

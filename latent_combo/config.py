@@ -75,6 +75,9 @@ class AgentConfig:
     """'logsumexp' (CQL(H) soft maximum over sampled actions) or 'policy' (eq. 2 as written)."""
     penalty_actions: int = 10
     """N uniform and N policy actions per state in the logsumexp form."""
+    rho_dataset: bool = False
+    """COMBO only: also push Q down at dataset states (rho augmented with them, the paper's practical
+    choice in Section 3); False pushes down at model-rollout states only, as eq. 2 is written."""
     rollout_length: int = 5
     """h: model-rollout horizon."""
     rollout_batch: int = 5_000

@@ -146,3 +146,18 @@ def test_penalty_with_precomputed_data_q_is_identical():
     p2, _ = losses.conservative_penalty(ag.critic, ag.actor, model["state"], real["state"], real["action"],
                                         q_data=ag.critic(real["state"], real["action"]))
     torch.testing.assert_close(p1, p2)
+
+
+def test_rho_dataset_adds_dataset_states_to_the_pushed_down_ones(monkeypatch):
+    calls = []
+    real_penalty = losses.conservative_penalty
+
+    def spy(critic, actor, push_down, *args, **kwargs):
+        calls.append(push_down)
+        return real_penalty(critic, actor, push_down, *args, **kwargs)
+
+    monkeypatch.setattr(agent_mod.losses, "conservative_penalty", spy)
+    real, model = batch(8), batch(8, 1)
+    Agent(agent_cfg(rho_dataset=True), "combo", F, A).update(real, model)
+    (down,) = calls
+    assert torch.equal(down, torch.cat([model["state"], real["state"]]))
