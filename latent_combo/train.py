@@ -6,6 +6,7 @@ Rerunning the same command resumes from the last checkpoint of whichever stage w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -65,10 +66,12 @@ def run_dir_for(cfg: Config, data_path: Path) -> Path:
 
 
 def save_config(cfg: Config, run_dir: Path) -> None:
-    """Resolved config saved with the run; a resumed run must have been started with the same one."""
+    """Resolved config saved with the run; a resumed run must have been started with the same one,
+    except for where it runs (`threads`, `device`), which may change between sessions."""
     path = run_dir / "config.yaml"
     if path.exists():
-        old = from_dict(yaml.safe_load(path.read_text()))
+        where = {"threads": cfg.threads, "device": cfg.device}
+        old = dataclasses.replace(from_dict(yaml.safe_load(path.read_text())), **where)
         if old != cfg:
             diff = [k for k, v in to_dict(cfg).items() if to_dict(old).get(k) != v]
             raise ValueError(f"{path}: this run folder was started with a different config (differs in "

@@ -126,3 +126,12 @@ def test_flavour_name_builds_a_small_dataset_in_its_own_folder(tmp_path, monkeyp
     (tmp_path / "data/walker-walk/medium").mkdir(parents=True)
     (tmp_path / "data/walker-walk/medium/metadata.json").write_text("{}")
     assert str(dataset_dir(cfg)) == "data/walker-walk/medium"  # a full collection wins
+
+
+def test_resume_refuses_a_changed_hyperparameter_but_not_a_changed_thread_count(tmp_path):
+    from latent_combo.train import save_config
+
+    save_config(resolve("debug", overrides={"threads": 2}), tmp_path)
+    save_config(resolve("debug", overrides={"threads": 1, "device": "cpu"}), tmp_path)
+    with pytest.raises(ValueError, match=r"different config \(differs in \['agent'\]\)"):
+        save_config(resolve("debug", overrides={"agent.beta": 5.0}), tmp_path)
