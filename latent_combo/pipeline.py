@@ -137,24 +137,48 @@ def cmd_eval(a) -> int:
     return 0
 
 
+# Keys that may differ between runs compared by `select`: the swept hyperparameters, the seed, and
+# where and how the run was executed.
+SELECT_FREE = {("agent", "beta"), ("agent", "real_ratio"), ("seed",), ("logdir",), ("threads",), ("device",)}
+
+
+def _flat(d: dict, prefix=()) -> dict:
+    return {k: v for key, val in d.items()
+            for k, v in (_flat(val, prefix + (key,)) if isinstance(val, dict) else {prefix + (key,): val}).items()}
+
+
 def cmd_select(a) -> int:
-    """The paper's offline rule: among runs differing only in beta / f, the lowest final regulariser.
-    Reads only results.json's `final_regulariser`, never an evaluation return."""
-    rows = []
+    """The paper's offline rule: among runs differing only in beta / f, the setting with the lowest final
+    regulariser (averaged over its seeds). Reads only `final_regulariser`, never an evaluation return."""
+    runs, reference = [], None
     for d in a.run_dirs:
-        path = Path(d) / "results.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing (run not finished)")
-        r = json.loads(path.read_text())
-        cfg = yaml.safe_load((Path(d) / "config.yaml").read_text())
-        if r.get("final_regulariser") is None:
-            raise ValueError(f"{path}: no final_regulariser (algo {r['algo']} has no conservative regulariser)")
-        rows.append((r["final_regulariser"], d, cfg["agent"]["beta"], cfg["agent"]["real_ratio"]))
-    rows.sort()
-    print(f"{'regulariser':>12} {'beta':>6} {'f':>5}  run")
-    for reg, d, beta, f in rows:
-        print(f"{reg:>12.4f} {beta:>6g} {f:>5g}  {d}")
-    print(f"\npick: {rows[0][1]}")
+        path, cfg_path = Path(d) / "results.json", Path(d) / "config.yaml"
+        if not path.exists() or not cfg_path.exists():
+            raise FileNotFoundError(f"{path if not path.exists() else cfg_path}: missing (run not finished)")
+        reg = json.loads(path.read_text()).get("final_regulariser")
+        if reg is None:
+            raise ValueError(f"{path}: no final_regulariser (this algo has no conservative regulariser)")
+        cfg = _flat(yaml.safe_load(cfg_path.read_text()))
+        fixed = {k: v for k, v in cfg.items() if k not in SELECT_FREE}
+        if reference is None:
+            reference = (d, fixed)
+        elif fixed != reference[1]:
+            keys = sorted(".".join(k) for k in set(fixed) | set(reference[1]) if fixed.get(k) != reference[1].get(k))
+            raise ValueError(f"{d} and {reference[0]} differ in {keys}: select compares runs that differ "
+                             "only in agent.beta, agent.real_ratio and the seed")
+        runs.append((cfg[("agent", "beta")], cfg[("agent", "real_ratio")], cfg[("seed",)], reg, d))
+    settings = {}
+    for beta, f, _, reg, _ in runs:
+        settings.setdefault((beta, f), []).append(reg)
+    print(f"{'beta':>6} {'f':>5} {'seed':>4} {'regulariser':>12}  run")
+    for beta, f, seed, reg, d in sorted(runs):
+        print(f"{beta:>6g} {f:>5g} {seed:>4} {reg:>12.4f}  {d}")
+    print(f"\n{'beta':>6} {'f':>5} {'runs':>4} {'mean':>12}")
+    means = {k: float(np.mean(v)) for k, v in settings.items()}
+    for (beta, f), m in sorted(means.items(), key=lambda kv: kv[1]):
+        print(f"{beta:>6g} {f:>5g} {len(settings[beta, f]):>4} {m:>12.4f}")
+    beta, f = min(means, key=means.get)
+    print(f"\npick: agent.beta={beta:g} agent.real_ratio={f:g}")
     return 0
 
 

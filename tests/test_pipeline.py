@@ -87,15 +87,23 @@ def test_select_picks_lowest_regulariser_without_returns(tmp_path, capsys):
 
     from latent_combo.config import to_dict
 
-    for name, reg, ret, beta in [("a", 0.9, 900.0, 0.5), ("b", -0.3, 10.0, 1.0), ("c", 0.1, 500.0, 5.0)]:
+    def run(name, reg, ret, beta, seed=0, **more):
         d = tmp_path / name
         d.mkdir()
-        cfg = resolve("debug", overrides={"agent.beta": beta})
+        cfg = resolve("debug", overrides={"agent.beta": beta, "seed": seed, **more})
         (d / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
         (d / "results.json").write_text(json.dumps({"final_regulariser": reg, "eval_return_mean": ret,
                                                     "algo": "combo"}))
-    assert cli(["select", *(str(tmp_path / n) for n in "abc")]) == 0
-    assert capsys.readouterr().out.strip().endswith(f"pick: {tmp_path / 'b'}")
+        return str(d)
+
+    # Seeds of one setting are averaged: beta 1 has the lowest single value but the higher mean.
+    dirs = [run("a", 0.9, 900.0, 0.5), run("b", -0.3, 10.0, 1.0), run("b1", 0.7, 10.0, 1.0, seed=1),
+            run("c", 0.1, 500.0, 5.0)]
+    assert cli(["select", *dirs]) == 0
+    assert capsys.readouterr().out.strip().endswith("pick: agent.beta=5 agent.real_ratio=0.5")
+    capsys.readouterr()
+    assert cli(["select", *dirs, run("d", -5.0, 0.0, 2.0, **{"agent.rollout_length": 1})]) != 0
+    assert "differ in ['agent.rollout_length']" in capsys.readouterr().err
 
 
 def test_eval_command_needs_only_the_run_folder(world_models, capsys):
