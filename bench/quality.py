@@ -3,6 +3,10 @@
     python bench/quality.py --env walker-walk --dataset medium-replay --obs state --preset cpu \
         --algos combo lmbpo bc --seeds 0 1 2 [--workers 2] [key=value ...]
 
+`--sweep agent.beta=0.5,1,5` (one or more keys; their grid) also trains COMBO at each setting on the
+same world model and prints the paper's offline selection rule next to the evaluated scores: the pick
+(lowest final regulariser, averaged over seeds) and the setting that scored best.
+
 Per seed, the first algo trains the world model and the others reuse it (`--world-model`), so the
 algorithms differ only in what the issue compares. Each run is an independent `latent-combo train`
 process; `--workers` runs several seeds at once. Finished runs are not retrained (their results.json is
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -21,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -28,16 +34,19 @@ sys.path.insert(0, str(ROOT))
 from latent_combo.evaluate import ci95  # noqa: E402
 
 
-def run_dir(a, algo, seed) -> Path:
-    return Path(a.logdir) / a.env / Path(a.data_path).name / f"{algo}-{a.obs}-{a.preset}-s{seed}"
+def run_dir(a, algo, seed, logdir=None) -> Path:
+    return Path(logdir or a.logdir) / a.env / Path(a.data_path).name / f"{algo}-{a.obs}-{a.preset}-s{seed}"
 
 
-def train(a, algo, seed, world_model=None) -> dict:
-    out = run_dir(a, algo, seed)
+def train(a, algo, seed, world_model=None, setting=None) -> dict:
+    """One `latent-combo train` process (or its finished results.json); `setting` = sweep overrides."""
+    logdir = sweep_logdir(a, setting) if setting else a.logdir
+    out = run_dir(a, algo, seed, logdir)
     if (out / "results.json").exists():
         return json.loads((out / "results.json").read_text())
+    extra = [f"{k}={v}" for k, v in (setting or {}).items()]
     cmd = [sys.executable, "-m", "latent_combo.cli", "train", "--env", a.env, "--dataset", a.data_path, "--algo", algo,
-           "--preset", a.preset, "--obs", a.obs, "--seed", str(seed), "--logdir", a.logdir, *a.overrides]
+           "--preset", a.preset, "--obs", a.obs, "--seed", str(seed), "--logdir", logdir, *a.overrides, *extra]
     if world_model:
         cmd += ["--world-model", str(world_model)]
     out.mkdir(parents=True, exist_ok=True)
@@ -47,10 +56,56 @@ def train(a, algo, seed, world_model=None) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+def sweep_logdir(a, setting: dict) -> str:
+    return str(Path(a.logdir) / "sweep" / ",".join(f"{k}={v}" for k, v in setting.items()))
+
+
+def parse_sweep(items) -> list[dict]:
+    """['agent.beta=0.5,1,5', 'agent.real_ratio=0.5,0.8'] -> the grid of their settings."""
+    keys, values = [], []
+    for item in items:
+        key, sep, vals = item.partition("=")
+        if not sep or not vals:
+            raise SystemExit(f"--sweep {item!r}: expected key=v1,v2,..., e.g. agent.beta=0.5,1,5")
+        keys.append(key)
+        values.append([yaml.safe_load(v) for v in vals.split(",")])
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
 def seed_runs(a, seed) -> list[dict]:
     first, *rest = a.algos
     results = [train(a, first, seed)]
-    return results + [train(a, algo, seed, run_dir(a, first, seed)) for algo in rest]
+    results += [train(a, algo, seed, run_dir(a, first, seed)) for algo in rest]
+    for setting in a.settings:
+        r = train(a, "combo", seed, run_dir(a, first, seed), setting)
+        results.append({**r, "setting": setting})
+    return results
+
+
+def print_sweep(rows: list[dict], key: str) -> list[dict]:
+    """The offline rule's pick against the evaluated best, over the sweep's settings."""
+    table = {}
+    for r in rows:
+        if "setting" in r:
+            table.setdefault(json.dumps(r["setting"]), []).append(r)
+    out = []
+    for name, rs in table.items():
+        scores = [r[key] for r in rs]
+        out.append({"setting": json.loads(name), "regulariser": float(np.mean([r["final_regulariser"] for r in rs])),
+                    "mean": float(np.mean(scores)), "ci95": ci95(scores), "scores": scores,
+                    "run_dirs": [r["run_dir"] for r in rs]})
+    pick = min(out, key=lambda r: r["regulariser"])
+    best = max(out, key=lambda r: r["mean"])
+    print("\nsweep (combo): offline pick = lowest regulariser, averaged over seeds")
+    print(f"{'setting':<28} {'regulariser':>12} {'score':>16} {'per seed':<24}")
+    for r in sorted(out, key=lambda r: r["regulariser"]):
+        name = ",".join(f"{k}={v}" for k, v in r["setting"].items())
+        mark = " <- pick" if r is pick else ""
+        mark += " <- best score" if r is best else ""
+        print(f"{name:<28} {r['regulariser']:>12.3f} {r['mean']:>8.1f} ±{r['ci95']:<6.1f} "
+              f"{' '.join(f'{s:.1f}' for s in r['scores']):<24}{mark}")
+    print("the pick " + ("agrees with" if pick is best else "differs from") + " the best evaluated score")
+    return out
 
 
 def main(argv=None):
@@ -63,8 +118,11 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--logdir", default="runs/quality")
+    p.add_argument("--sweep", nargs="*", default=[], metavar="KEY=V1,V2",
+                   help="also train combo at each setting of this grid, e.g. agent.beta=0.5,1,5")
     p.add_argument("overrides", nargs="*", help="config overrides for every run, key=value")
     a = p.parse_args(argv)
+    a.settings = parse_sweep(a.sweep)
     t0 = time.time()
     # Resolve (and build, if missing) the dataset once, so every run trains on the same folder.
     from latent_combo.config import resolve
@@ -75,6 +133,8 @@ def main(argv=None):
         rows = [r for rs in pool.map(lambda s: seed_runs(a, s), a.seeds) for r in rs]
     success = a.env.startswith("sawyer")
     key = "eval_success_rate" if success else "eval_normalized_score"
+    sweep_rows = [r for r in rows if "setting" in r]
+    rows = [r for r in rows if "setting" not in r]
     stats = rows[0]["dataset_stats"]
     print(f"\n{a.env} {a.dataset} obs={a.obs} preset={a.preset} seeds={a.seeds}  "
           f"({time.time() - t0:.0f}s)")
@@ -95,9 +155,10 @@ def main(argv=None):
         per_seed = " ".join(f"{s:.1f}" for s in scores)
         reg = "-" if row["regulariser"] is None else f"{row['regulariser']:.3f}"
         print(f"{algo:<7} {row['mean']:>8.1f} ±{row['ci95']:<6.1f} {per_seed:<28} {reg:>12} {row['wall_s']:>7.0f}s")
+    sweep = print_sweep(sweep_rows, key) if sweep_rows else []
     out = Path(a.logdir)
     (out / "quality.json").write_text(json.dumps({"args": vars(a), "dataset": stats, "table": table,
-                                                  "runs": rows}, indent=1))
+                                                  "sweep": sweep, "runs": rows + sweep_rows}, indent=1))
     with open(out / "quality.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["algo", "mean", "ci95", "regulariser", "wall_s"], extrasaction="ignore")
         w.writeheader()
