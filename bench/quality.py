@@ -77,9 +77,20 @@ def seed_runs(a, seed) -> list[dict]:
     results = [train(a, first, seed)]
     results += [train(a, algo, seed, run_dir(a, first, seed)) for algo in rest]
     for setting in a.settings:
-        r = train(a, "combo", seed, run_dir(a, first, seed), setting)
+        # The setting the main combo run already has is not trained twice.
+        same = "combo" in a.algos and all(a.base.get(k) == v for k, v in setting.items())
+        r = results[a.algos.index("combo")] if same else train(a, "combo", seed, run_dir(a, first, seed), setting)
         results.append({**r, "setting": setting})
     return results
+
+
+def base_values(a) -> dict:
+    """Dotted key -> value of the config every run starts from (preset, obs and overrides)."""
+    from latent_combo.config import parse_overrides, resolve, to_dict
+
+    cfg = to_dict(resolve(a.preset, a.env, {"obs": a.obs, **parse_overrides(a.overrides)}))
+    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in cfg.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
 
 
 def print_sweep(rows: list[dict], key: str) -> list[dict]:
@@ -123,6 +134,7 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="config overrides for every run, key=value")
     a = p.parse_args(argv)
     a.settings = parse_sweep(a.sweep)
+    a.base = base_values(a)
     t0 = time.time()
     # Resolve (and build, if missing) the dataset once, so every run trains on the same folder.
     from latent_combo.config import resolve
