@@ -10,7 +10,8 @@ same world model and prints the paper's offline selection rule next to the evalu
 Per seed, the first algo trains the world model and the others reuse it (`--world-model`), so the
 algorithms differ only in what the issue compares. Each run is an independent `latent-combo train`
 process; `--workers` runs several seeds at once. Finished runs are not retrained (their results.json is
-read), so an interrupted benchmark resumes. Writes quality.json and quality.csv into the logdir.
+read), so an interrupted benchmark resumes. Writes quality.json and quality.csv into the logdir
+(quality-sweep.* with --sweep).
 """
 
 from __future__ import annotations
@@ -168,10 +169,10 @@ def main(argv=None):
         reg = "-" if row["regulariser"] is None else f"{row['regulariser']:.3f}"
         print(f"{algo:<7} {row['mean']:>8.1f} ±{row['ci95']:<6.1f} {per_seed:<28} {reg:>12} {row['wall_s']:>7.0f}s")
     sweep = print_sweep(sweep_rows, key) if sweep_rows else []
-    out = Path(a.logdir)
-    (out / "quality.json").write_text(json.dumps({"args": vars(a), "dataset": stats, "table": table,
+    out, name = Path(a.logdir), "quality-sweep" if a.settings else "quality"
+    (out / f"{name}.json").write_text(json.dumps({"args": vars(a), "dataset": stats, "table": table,
                                                   "sweep": sweep, "runs": rows + sweep_rows}, indent=1))
-    with open(out / "quality.csv", "w", newline="") as f:
+    with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["algo", "mean", "ci95", "regulariser", "wall_s"], extrasaction="ignore")
         w.writeheader()
         w.writerows(table)

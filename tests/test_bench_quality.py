@@ -46,7 +46,7 @@ def test_sweep_reuses_the_seed_world_model_and_reports_pick_and_best(quality, mo
     assert "agent.beta=5" in out.split("<- pick")[0].splitlines()[-1]
     assert "agent.beta=1 " in out.split("<- best score")[0].splitlines()[-1]
     assert "differs from the best evaluated score" in out
-    saved = json.loads((tmp_path / "quality.json").read_text())
+    saved = json.loads((tmp_path / "quality-sweep.json").read_text())
     assert [r["algo"] for r in saved["table"]] == ["combo", "bc"] and len(saved["sweep"]) == 3
 
 
