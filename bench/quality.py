@@ -70,7 +70,8 @@ def parse_sweep(items) -> list[dict]:
             raise SystemExit(f"--sweep {item!r}: expected key=v1,v2,..., e.g. agent.beta=0.5,1,5")
         keys.append(key)
         values.append([yaml.safe_load(v) for v in vals.split(",")])
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    # No --sweep is no setting at all (itertools.product() of nothing would be one empty setting).
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)] if items else []
 
 
 def seed_runs(a, seed) -> list[dict]:

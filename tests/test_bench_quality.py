@@ -61,3 +61,10 @@ def namespace(tmp_path):
 def test_bad_sweep_item_names_the_flag(quality):
     with pytest.raises(SystemExit, match="--sweep 'agent.beta': expected key=v1,v2"):
         quality.parse_sweep(["agent.beta"])
+
+
+def test_no_sweep_trains_and_prints_no_sweep(quality, monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(quality, "train", fake_train(calls))
+    quality.main(["--algos", "combo", "bc", "--seeds", "0", "--logdir", str(tmp_path)])
+    assert [c[0] for c in calls] == ["combo", "bc"] and "sweep" not in capsys.readouterr().out
