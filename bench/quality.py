@@ -89,10 +89,10 @@ def seed_runs(a, seed) -> list[dict]:
 def base_values(a) -> dict:
     """Dotted key -> value of the config every run starts from (preset, obs and overrides)."""
     from latent_combo.config import parse_overrides, resolve, to_dict
+    from latent_combo.utils import flatten
 
     cfg = to_dict(resolve(a.preset, a.env, {"obs": a.obs, **parse_overrides(a.overrides)}))
-    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in cfg.items()
-            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+    return {".".join(path): value for path, value in flatten(cfg).items()}
 
 
 def print_sweep(rows: list[dict], key: str) -> list[dict]:

@@ -24,7 +24,7 @@ from latent_combo.train import (
     save_config,
     train_world_model,
 )
-from latent_combo.utils import atomic_write_text, pick_device, seed_everything
+from latent_combo.utils import atomic_write_text, flatten, pick_device, seed_everything
 
 
 def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
@@ -142,11 +142,6 @@ def cmd_eval(a) -> int:
 SELECT_FREE = {("agent", "beta"), ("agent", "real_ratio"), ("seed",), ("logdir",), ("threads",), ("device",)}
 
 
-def _flat(d: dict, prefix=()) -> dict:
-    return {k: v for key, val in d.items()
-            for k, v in (_flat(val, prefix + (key,)) if isinstance(val, dict) else {prefix + (key,): val}).items()}
-
-
 def cmd_select(a) -> int:
     """The paper's offline rule: among runs differing only in beta / f, the setting with the lowest final
     regulariser (averaged over its seeds). Reads only `final_regulariser`, never an evaluation return."""
@@ -158,7 +153,7 @@ def cmd_select(a) -> int:
         reg = json.loads(path.read_text()).get("final_regulariser")
         if reg is None:
             raise ValueError(f"{path}: no final_regulariser (this algo has no conservative regulariser)")
-        cfg = _flat(yaml.safe_load(cfg_path.read_text()))
+        cfg = flatten(yaml.safe_load(cfg_path.read_text()))
         fixed = {k: v for k, v in cfg.items() if k not in SELECT_FREE}
         if reference is None:
             reference = (d, fixed)

@@ -54,3 +54,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def flatten(d: dict, prefix: tuple = ()) -> dict:
+    """Nested dict -> {key path tuple: leaf value}, e.g. {"agent": {"beta": 1}} -> {("agent", "beta"): 1}."""
+    out = {}
+    for key, value in d.items():
+        out.update(flatten(value, prefix + (key,)) if isinstance(value, dict) else {prefix + (key,): value})
+    return out
