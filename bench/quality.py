@@ -3,8 +3,8 @@
     python bench/quality.py --env walker-walk --dataset medium-replay --obs state --preset cpu \
         --algos combo lmbpo bc --seeds 0 1 2 [--workers 2] [key=value ...]
 
-`--sweep agent.beta=0.5,1,5` (one or more keys; their grid) also trains COMBO at each setting on the
-same world model and prints the paper's offline selection rule next to the evaluated scores: the pick
+`--sweep agent.beta=0.5,1,5` (repeat the flag for more keys; their grid) also trains COMBO at each setting
+on the same world model and prints the paper's offline selection rule next to the evaluated scores: the pick
 (lowest final regulariser, averaged over seeds) and the setting that scored best.
 
 Per seed, the first algo trains the world model and the others reuse it (`--world-model`), so the
@@ -131,8 +131,9 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--logdir", default="runs/quality")
-    p.add_argument("--sweep", nargs="*", default=[], metavar="KEY=V1,V2",
-                   help="also train combo at each setting of this grid, e.g. agent.beta=0.5,1,5")
+    # One KEY=V1,V2 per flag: with nargs="*" a trailing `threads=1` override was swallowed into the grid.
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="also train combo at each setting (repeat for a grid), e.g. agent.beta=0.5,1,5")
     p.add_argument("overrides", nargs="*", help="config overrides for every run, key=value")
     a = p.parse_args(argv)
     a.settings = parse_sweep(a.sweep)
