@@ -36,11 +36,11 @@ def test_sweep_reuses_the_seed_world_model_and_reports_pick_and_best(quality, mo
     calls = []
     monkeypatch.setattr(quality, "train", fake_train(calls))
     quality.main(["--algos", "combo", "bc", "--seeds", "0", "1", "--logdir", str(tmp_path),
-                  "--sweep", "agent.beta=0.5,1,5", "threads=1"])
+                  "--sweep", "agent.beta=0.5,1,5", "threads=1", "agent.beta=1"])
     sweeps = [c for c in calls if c[3] is not None]
     # An override after --sweep is an override for every run, not a second grid key.
     assert all(set(c[3]) == {"agent.beta"} for c in sweeps)
-    # beta = 1 is the preset's value: the main combo run stands for it, not a second training.
+    # beta = 1 is the main runs' value (the override): the main combo run stands for it, not a second training.
     assert sorted((c[1], c[3]["agent.beta"]) for c in sweeps) == [(s, b) for s in (0, 1) for b in (0.5, 5)]
     # Every sweep run reuses the world model of its seed's first algo.
     assert all(c[2] == quality.run_dir(namespace(tmp_path), "combo", c[1]) for c in sweeps)
