@@ -56,7 +56,7 @@ train-behaviour: setup
 	@case "$(ENV)" in sawyer*) echo "sawyer datasets use Meta-World's scripted policy: nothing to train"; \
 	  exit 1;; esac
 	$(PY) -m data_collection.sac --env $(ENV) --steps 80000 --eval-every 10000 --out runs/behaviour/$(ENV)
-	$(PY) -m data_collection.sac --env $(ENV) --steps 200000 --eval-every 5000 --update-every 4 --seed 2 \
+	$(PY) -m data_collection.sac --env $(ENV) --steps 200000 --eval-every 5000 --update-every 5 --seed 2 \
 	  --out runs/behaviour/$(ENV)-replay
 	$(PY) -m data_collection.ship --env $(ENV) --ladder runs/behaviour/$(ENV)-replay \
 	  --expert-ladder runs/behaviour/$(ENV)

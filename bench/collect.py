@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _render_fn(env):
-    if hasattr(env, "_env") and hasattr(env._env, "physics"):  # walker: dm_control physics
-        physics, size = env._env.physics, env.size
-        return lambda: physics.render(size, size, camera_id=0)
+    if hasattr(env, "_camera"):  # walker: the env's own reused dm_control Camera
+        return env._camera().render
     return env._env.render  # sawyer: Meta-World's MuJoCo renderer
 
 

@@ -83,6 +83,7 @@ class SACPolicy(Policy):
         self.env = ckpt["env"]
         self.step = ckpt.get("step")
         self.eval_return = ckpt.get("eval_return")
+        self.behaviour_return = ckpt.get("behaviour_return")  # re-measured by ship.py, if it was
         self._state_dict = {k: v.cpu().numpy() for k, v in ckpt["actor"].items()}
         self._actor = None
 
@@ -120,8 +121,9 @@ class SACPolicy(Policy):
         return np.tanh(u).astype(np.float32)
 
     def describe(self):
-        return {"kind": "sac", "checkpoint": self.path.name, "env": self.env, "step": self.step,
-                "eval_return": self.eval_return, "stochastic": self.stochastic}
+        d = {"kind": "sac", "checkpoint": self.path.name, "env": self.env, "step": self.step,
+             "eval_return": self.eval_return, "stochastic": self.stochastic}
+        return d if self.behaviour_return is None else d | {"behaviour_return": self.behaviour_return}
 
 
 class ScriptedDoorPolicy(Policy):

@@ -6,7 +6,10 @@
 Reads `ladder.json` (checkpoints with their evaluation returns) and `experience.npz` (every training
 episode as reset seed + actions) written by data_collection/sac.py, and writes to
 data_collection/checkpoints/:
-- ENV-medium.pt: the checkpoint whose eval return is closest to 500, within [400, 600] (else an error);
+- ENV-medium.pt: the checkpoint whose return is closest to 500, within [400, 600] (else an error). With
+  `--measure-episodes N` (the default, 20) that return is re-measured the way the collector acts
+  (stochastic actions, N episodes) for every checkpoint whose training eval is in [300, 700]: the 5-episode
+  deterministic eval of training overstates it (a checkpoint read 511 there and 396 ± 73 measured);
 - ENV-expert.pt: the checkpoint with the best eval return (a warning below 900);
 - ENV-replay.npz: the training episodes that ended at or before the last checkpoint of the in-band stretch
   holding the medium pick (`replay_endpoint`), in order
@@ -27,30 +30,69 @@ import numpy as np
 from data_collection.policies import CHECKPOINT_DIR
 
 MEDIUM_TARGET, MEDIUM_BAND, EXPERT_MIN = 500.0, (400.0, 600.0), 900.0
+# Checkpoints whose training eval is this far from the band are not worth re-measuring.
+CANDIDATE_BAND = (300.0, 700.0)
 
 
-def pick_medium(ladder: list[dict]) -> dict:
+def _in_band(entry: dict, key: str) -> bool:
+    lo, hi = MEDIUM_BAND
+    return entry.get(key) is not None and lo <= entry[key] <= hi
+
+
+def pick_medium(ladder: list[dict], key: str = "eval_return") -> dict:
+    """The checkpoint whose `key` return is closest to 500 within [400, 600]."""
     if not ladder:
         raise ValueError("the ladder is empty: train longer (make train-behaviour)")
-    lo, hi = MEDIUM_BAND
-    band = [e for e in ladder if lo <= e["eval_return"] <= hi]
+    band = [e for e in ladder if _in_band(e, key)]
     if not band:
-        seen = ", ".join(f"{e['step']}: {e['eval_return']:.0f}" for e in ladder)
-        raise ValueError(f"no checkpoint has an eval return in [{lo:.0f}, {hi:.0f}] for the medium policy "
-                         f"(step: return = {seen}); evaluate more often (--eval-every) or retrain")
-    return min(band, key=lambda e: (abs(e["eval_return"] - MEDIUM_TARGET), e["step"]))
+        lo, hi = MEDIUM_BAND
+        seen = ", ".join(f"{e['step']}: {e[key]:.0f}" for e in ladder if e.get(key) is not None)
+        raise ValueError(f"no checkpoint has a {key} in [{lo:.0f}, {hi:.0f}] for the medium policy "
+                         f"(step: return = {seen or 'none measured'}); evaluate more often (--eval-every) "
+                         "or retrain")
+    return min(band, key=lambda e: (abs(e[key] - MEDIUM_TARGET), e["step"]))
 
 
-def replay_endpoint(ladder: list[dict], medium: dict) -> int:
+def replay_endpoint(ladder: list[dict], medium: dict, key: str = "eval_return") -> int:
     """The env step where medium-replay's experience ends: the last checkpoint of the stretch of
     checkpoints in the medium band that contains the medium pick (the learner is still at medium level
     there), so that the replay holds as much medium-level training as the run has."""
-    lo, hi = MEDIUM_BAND
     ordered = sorted(ladder, key=lambda e: e["step"])
     i = next(k for k, e in enumerate(ordered) if e["step"] == medium["step"])
-    while i + 1 < len(ordered) and lo <= ordered[i + 1]["eval_return"] <= hi:
+    while i + 1 < len(ordered) and _in_band(ordered[i + 1], key):
         i += 1
     return int(ordered[i]["step"])
+
+
+def behaviour_return(checkpoint: Path, env_id: str, episodes: int, seed: int = 9) -> float:
+    """Mean return of a checkpoint acting as the collector does: stochastic actions, state-only env."""
+    from data_collection.policies import SACPolicy
+    from latent_combo.envs import make_env
+
+    policy, env, returns = SACPolicy(checkpoint), make_env(env_id, render=False), []
+    for i in range(episodes):
+        # Seeds apart from the collector's (seed * 1_000_000 + i with small dataset seeds).
+        rng, obs, done, ret = np.random.default_rng([seed, i]), env.reset(seed=seed * 1_000_000 + i), False, 0.0
+        while not done:
+            obs, r, term, trunc, _ = env.step(policy(obs, rng))
+            ret, done = ret + r, term or trunc
+        returns.append(ret)
+    return float(np.mean(returns))
+
+
+def measure_candidates(ladder_dir: Path, ladder: list[dict], env_id: str, episodes: int) -> list[dict]:
+    """The ladder with `behaviour_return` added to each checkpoint whose training eval is in
+    CANDIDATE_BAND (the others cannot plausibly be medium and are left unmeasured)."""
+    from tqdm import tqdm
+
+    lo, hi = CANDIDATE_BAND
+    out = [dict(e) for e in ladder]
+    todo = [e for e in out if lo <= e["eval_return"] <= hi]
+    for e in tqdm(todo, desc=f"measure {len(todo)} medium candidates ({episodes} episodes each)"):
+        e["behaviour_return"] = behaviour_return(ladder_dir / e["path"], env_id, episodes)
+    print("step: training eval -> behaviour return  "
+          + ", ".join(f"{e['step']}: {e['eval_return']:.0f} -> {e['behaviour_return']:.0f}" for e in todo))
+    return out
 
 
 def pick_expert(ladder: list[dict]) -> dict:
@@ -76,16 +118,19 @@ def read_ladder(ladder_dir: Path, env_id: str) -> list[dict]:
 
 
 def ship(env_id: str, ladder_dir: str | Path, dest: str | Path = CHECKPOINT_DIR,
-         expert_ladder_dir: str | Path | None = None) -> dict:
+         expert_ladder_dir: str | Path | None = None, measure_episodes: int = 0) -> dict:
     """Medium and the replay experience come from `ladder_dir`; the expert from `expert_ladder_dir`
-    (default: the same run)."""
+    (default: the same run). `measure_episodes` > 0 picks medium by its re-measured behaviour return."""
     import torch
 
     from latent_combo.utils import atomic_save
 
     ladder_dir, dest = Path(ladder_dir), Path(dest)
     expert_dir = Path(expert_ladder_dir) if expert_ladder_dir else ladder_dir
-    medium = pick_medium(read_ladder(ladder_dir, env_id))
+    ladder, key = read_ladder(ladder_dir, env_id), "eval_return"
+    if measure_episodes > 0:
+        ladder, key = measure_candidates(ladder_dir, ladder, env_id, measure_episodes), "behaviour_return"
+    medium = pick_medium(ladder, key)
     expert = pick_expert(read_ladder(expert_dir, env_id))
     dest.mkdir(parents=True, exist_ok=True)
     shipped = {}
@@ -96,14 +141,16 @@ def ship(env_id: str, ladder_dir: str | Path, dest: str | Path = CHECKPOINT_DIR,
         small = {"actor": {k: v.clone() for k, v in ckpt["actor"].items()}, "hidden": ckpt.get("hidden"),
                  "env": env_id, "step": int(entry["step"]), "eval_return": float(entry["eval_return"]),
                  "eval_success": float(entry.get("eval_success", 0.0))}
+        if entry.get("behaviour_return") is not None:
+            small["behaviour_return"] = float(entry["behaviour_return"])
         path = dest / f"{env_id}-{role}.pt"
         atomic_save(small, path)
         shipped[role] = {"path": str(path), "step": small["step"], "eval_return": small["eval_return"],
-                         "run": str(src)}
+                         "behaviour_return": small.get("behaviour_return"), "run": str(src)}
 
     with np.load(ladder_dir / "experience.npz") as f:
         exp = {k: f[k] for k in f.files}
-    replay_end = replay_endpoint(read_ladder(ladder_dir, env_id), medium)
+    replay_end = replay_endpoint(ladder, medium, key)
     keep = np.flatnonzero(exp["end_steps"] <= replay_end)
     replay = dest / f"{env_id}-replay.npz"
     tmp = replay.with_name(f".{replay.stem}.{os.getpid()}.tmp.npz")
@@ -125,10 +172,14 @@ def main(argv=None):
     p.add_argument("--expert-ladder", type=Path, default=None,
                    help="SAC output folder to take the expert from (default: --ladder)")
     p.add_argument("--dest", type=Path, default=CHECKPOINT_DIR)
+    p.add_argument("--measure-episodes", type=int, default=20,
+                   help="re-measure medium candidates with N stochastic episodes (0: use the training eval)")
     a = p.parse_args(argv)
-    s = ship(a.env, a.ladder or Path("runs/behaviour") / a.env, a.dest, a.expert_ladder)
+    s = ship(a.env, a.ladder or Path("runs/behaviour") / a.env, a.dest, a.expert_ladder, a.measure_episodes)
     for role in ("medium", "expert"):
-        print(f"{role:<7} step {s[role]['step']:>8}  eval return {s[role]['eval_return']:7.1f}  -> {s[role]['path']}")
+        measured = s[role]["behaviour_return"]
+        print(f"{role:<7} step {s[role]['step']:>8}  eval return {s[role]['eval_return']:7.1f}"
+              + (f"  behaviour return {measured:7.1f}" if measured is not None else "") + f"  -> {s[role]['path']}")
     r = s["replay"]
     print(f"replay  {r['episodes']} training episodes up to env step {r['last_env_step']} "
           f"({r['bytes'] / 1e6:.1f} MB) -> {r['path']}")

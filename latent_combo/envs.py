@@ -44,7 +44,7 @@ class WalkerWalk:
         self._suite = suite
         self.size, self.action_repeat, self.render = size, action_repeat, render
         self.max_steps = EPISODE_STEPS["walker-walk"]
-        self._env = None
+        self._env = self._cam = self._cam_physics = None
 
     def _state(self, ts) -> np.ndarray:
         o = ts.observation
@@ -53,8 +53,18 @@ class WalkerWalk:
     def _obs(self, ts) -> dict:
         obs = {"state": self._state(ts)}
         if self.render:
-            obs["image"] = np.ascontiguousarray(self._env.physics.render(self.size, self.size, camera_id=0))
+            obs["image"] = np.ascontiguousarray(self._camera().render())
         return obs
+
+    def _camera(self):
+        """One dm_control Camera kept for the env's life: `physics.render` builds a new one per call, and
+        allocating its MjvScene cost as much as the 64px render itself (profiled on this CPU)."""
+        physics = self._env.physics
+        if self._cam is None or self._cam_physics is not physics:
+            from dm_control.mujoco.engine import Camera
+
+            self._cam, self._cam_physics = Camera(physics, self.size, self.size, camera_id=0), physics
+        return self._cam
 
     def reset(self, seed: int | None = None) -> dict:
         if self._env is None:
@@ -78,7 +88,7 @@ class WalkerWalk:
         return self._obs(ts), float(reward), False, truncated, {}
 
     def close(self):
-        self._env = None
+        self._env = self._cam = self._cam_physics = None
 
 
 class SawyerDoor:

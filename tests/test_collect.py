@@ -240,6 +240,25 @@ def test_ship_fake_ladder(tmp_path):
         ship.pick([{"step": 1, "eval_return": 300.0}, {"step": 2, "eval_return": 700.0}])
 
 
+def test_ship_picks_medium_by_measured_behaviour_return(tmp_path, monkeypatch):
+    from data_collection import ship
+
+    _fake_ladder(tmp_path / "ladder", [100.0, 450.0, 530.0, 700.0, 950.0, 940.0])
+    # A real measurement runs (one stochastic state-only episode) and gives a walker return.
+    ret = ship.behaviour_return(tmp_path / "ladder" / "actor_0001000.pt", "walker-walk", episodes=1)
+    assert 0.0 <= ret <= 1000.0
+    # Training evals 450 / 530 / 700 re-measure as 520 / 380 / 610: medium is the first, and its in-band
+    # stretch ends there, so the replay stops at env step 2000 (4 episodes of 500 steps).
+    measured = {"actor_0002000.pt": 520.0, "actor_0003000.pt": 380.0, "actor_0004000.pt": 610.0}
+    seen = []
+    monkeypatch.setattr(ship, "behaviour_return", lambda path, env_id, n: seen.append(path.name) or measured[path.name])
+    s = ship.ship("walker-walk", tmp_path / "ladder", tmp_path / "ckpt", measure_episodes=3)
+    assert sorted(seen) == sorted(measured)  # only training evals in [300, 700] are re-measured
+    assert s["medium"]["step"] == 2000 and s["medium"]["behaviour_return"] == 520.0
+    assert s["replay"]["episodes"] == 4
+    assert P.SACPolicy(tmp_path / "ckpt" / "walker-walk-medium.pt").describe()["behaviour_return"] == 520.0
+
+
 def test_missing_walker_checkpoint_message(monkeypatch, tmp_path):
     monkeypatch.setattr(P, "CHECKPOINT_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="data_collection.ship --env walker-walk"):

@@ -42,6 +42,18 @@ def test_walker_episode_length_and_action_repeat():
     assert steps == 500
 
 
+def test_walker_reused_camera_renders_what_physics_render_does():
+    # The env keeps one dm_control Camera instead of building one per frame; same GL context, same image.
+    env = make_env("walker-walk")
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs = env.step(rng.uniform(-1, 1, env.action_dim))[0]
+        np.testing.assert_array_equal(obs["image"], env._env.physics.render(64, 64, camera_id=0))
+    env.reset(seed=2)  # a reset keeps the physics, so the camera follows the new episode
+    np.testing.assert_array_equal(env.step(np.zeros(6))[0]["image"], env._env.physics.render(64, 64, camera_id=0))
+
+
 def test_sawyer_image_is_upright():
     # Upright means the table (brown, lit from above) fills the lower image and the arm/background
     # the upper part; in the raw upside-down `corner` camera the brown wood sits in the top rows.
