@@ -49,7 +49,7 @@ train-latent: setup
 	  --seed $(SEED) $(ARGS)
 
 # Walker behaviour policies from scratch: one SAC run for the expert (an update per env step), one that
-# updates every 4th step, for medium and the medium-replay experience (a slower learner gathers more
+# updates every 5th step, for medium and the medium-replay experience (a slower learner gathers more
 # episodes before it reaches medium), then pick and ship. Sawyer's behaviour is Meta-World's scripted
 # policy: nothing to train.
 train-behaviour: setup
