@@ -131,8 +131,8 @@ def main(argv=None):
         pol = P.behaviour_policy(env_id, "medium") if env_id != "walker-walk" or _shipped() else P.RandomPolicy(6)
         b = _breakdown(env_id, pol, a.frames // 3)
         share = b["render"] / sum(b.values())
-        print(f"{env_id:<12} {b['render']:>7.2f} {b['step']:>7.2f} {b['policy']:>7.2f} {b['save']:>7.2f} {share:>13.0%}",
-              flush=True)
+        print(f"{env_id:<12} {b['render']:>7.2f} {b['step']:>7.2f} {b['policy']:>7.2f} {b['save']:>7.2f} "
+              f"{share:>13.0%}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -140,10 +140,12 @@ def main(argv=None):
     a.base = base_values(a)
     t0 = time.time()
     # Resolve (and build, if missing) the dataset once, so every run trains on the same folder.
+    from data_collection.collect import ensure_dataset
     from latent_combo.config import resolve
-    from latent_combo.train import dataset_dir
+    from latent_combo.runs import dataset_dir
 
-    a.data_path = str(dataset_dir(resolve(a.preset, a.env, {"dataset": a.dataset, "obs": a.obs})))
+    cfg = resolve(a.preset, a.env, {"dataset": a.dataset, "obs": a.obs})
+    a.data_path = str(dataset_dir(cfg, ensure_dataset))
     with ThreadPoolExecutor(a.workers) as pool:
         rows = [r for rs in pool.map(lambda s: seed_runs(a, s), a.seeds) for r in rs]
     success = a.env.startswith("sawyer")

@@ -38,9 +38,9 @@ import numpy as np
 from data_collection import policies
 from latent_combo import data
 from latent_combo.data import DatasetError, load_episode, read_metadata, save_episode, verify
-from latent_combo.envs import ENV_IDS, EPISODE_STEPS, SawyerDoor, WalkerWalk, check_env_id, make_env
+from latent_combo.envs import EPISODE_STEPS, SawyerDoor, WalkerWalk, check_env_id, make_env
+from latent_combo.runs import FLAVOURS
 
-FLAVOURS = ("medium", "medium-replay", "medium-expert", "expert")
 # Flavours whose episode i depends on the requested count (the medium/expert split, the replay spacing
 # and noise schedule): such a dataset cannot be extended to another count, only rebuilt.
 COUNT_DEPENDENT = ("medium-replay", "medium-expert")
@@ -339,35 +339,3 @@ def ensure_dataset(env_id: str, flavour: str, episodes: int, out=None, seed: int
             and is_complete(out, episodes):
         return out
     return collect(env_id, flavour, episodes, out=out, seed=seed, workers=workers)
-
-
-# ---------------------------------------------------------------------------------------------------
-# CLI
-
-
-def cmd_collect(a) -> int:
-    import argparse
-
-    from latent_combo.cli import cmd_info
-
-    try:
-        out = collect(a.env, a.flavour, a.episodes, out=a.out, seed=a.seed, workers=a.workers, force=a.force,
-                      max_steps=a.max_steps)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished episodes are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return cmd_info(argparse.Namespace(dir=str(out), json=False))
-
-
-def register_cli(sub) -> None:
-    s = sub.add_parser("collect", help="build an offline pixel dataset (data/ENV/FLAVOUR)",
-                       description=__doc__.split("\n\n")[0])
-    s.add_argument("--env", required=True, choices=ENV_IDS)
-    s.add_argument("--flavour", required=True, choices=FLAVOURS)
-    s.add_argument("--episodes", type=int, default=200)
-    s.add_argument("--out", default=None, help="dataset folder (default data/ENV/FLAVOUR)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=None, help="worker processes (default: the core count)")
-    s.add_argument("--force", action="store_true", help="rebuild an existing dataset from scratch")
-    s.add_argument("--max-steps", type=int, default=None, help="truncate episodes to N agent steps (tests)")
-    s.set_defaults(func=cmd_collect)

@@ -15,8 +15,8 @@ from latent_combo.agent import Agent
 from latent_combo.config import Config, to_dict
 from latent_combo.evaluate import evaluate
 from latent_combo.latent import TransitionBuffer, encode_dataset, rollout
-from latent_combo.train import check_finite, load_checkpoint
-from latent_combo.utils import atomic_save, rng_state, seed_everything, set_rng_state
+from latent_combo.runs import load_checkpoint, save_checkpoint
+from latent_combo.utils import check_finite, rng_state, seed_everything, set_rng_state
 
 
 def real_transitions(cfg: Config, wm, dataset, run_dir: Path, device) -> dict:
@@ -30,7 +30,7 @@ def real_transitions(cfg: Config, wm, dataset, run_dir: Path, device) -> dict:
     t0 = time.time()
     transitions = encode_dataset(wm, dataset, device)
     print(f"encoded {len(transitions['reward'])} real latent transitions in {time.time() - t0:.0f}s")
-    atomic_save({"wm_step": wm_step, "transitions": transitions}, path)
+    save_checkpoint({"wm_step": wm_step, "transitions": transitions}, path)
     return transitions
 
 
@@ -68,7 +68,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
                  **{k: o.state_dict() for k, o in agent.optimisers().items()}}
         if model_buf is not None:
             state["model_buffer"] = model_buf.state_dict()
-        atomic_save(state, run_dir / "agent.pt")
+        save_checkpoint(state, run_dir / "agent.pt")
 
     n_real = c.batch if not agent.uses_rollouts else int(round(c.batch * agent.real_ratio))
     lompo_lambda = c.lompo_lambda if cfg.algo == "lompo" else 0.0

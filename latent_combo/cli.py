@@ -1,4 +1,7 @@
-"""`latent-combo` command line: collect, train, eval, select, info, verify."""
+"""`latent-combo` command line: collect, train, eval, select, info, verify.
+
+The entry layer: the only place in latent_combo that imports data_collection (the dataset builders).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,16 @@ import sys
 # Idle OpenMP threads sleep instead of spinning: with spinning, torch on 2 threads ran up to 100x slower
 # whenever another process (a collector, a second run) held a core. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from latent_combo.config import ALGOS, PRESETS, parse_overrides, resolve  # noqa: E402
+from latent_combo.envs import ENV_IDS  # noqa: E402
+from latent_combo.runs import FLAVOURS, load_checkpoint, load_config  # noqa: E402
+from latent_combo.utils import flatten, pick_device  # noqa: E402
 
 
 def cmd_info(a) -> int:
@@ -23,7 +36,7 @@ def cmd_info(a) -> int:
     if a.json:
         print(json.dumps(row, indent=1))
         return 0
-    success = meta.get("env", "").startswith("sawyer")
+    success = "success_rate" in stats  # sparse-success envs only (see data.episode_stats)
     print(f"{'dataset':<32} {'episodes':>8} {'transitions':>11} {'Batch Mean':>10} {'Batch Max':>9} "
           f"{'Min':>7}" + (f" {'success':>7}" if success else ""))
     print(f"{str(a.dir):<32} {stats['episodes']:>8} {stats['transitions']:>11} {stats['return_mean']:>10.1f} "
@@ -43,9 +56,114 @@ def cmd_verify(a) -> int:
     return 1 if problems else 0
 
 
+def cmd_collect(a) -> int:
+    from data_collection.collect import collect
+
+    try:
+        out = collect(a.env, a.flavour, a.episodes, out=a.out, seed=a.seed, workers=a.workers, force=a.force,
+                      max_steps=a.max_steps)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished episodes are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return cmd_info(argparse.Namespace(dir=str(out), json=False))
+
+
+def cmd_train(a) -> int:
+    overrides = parse_overrides(a.overrides)
+    for key in ("dataset", "algo", "seed", "logdir", "obs", "device"):
+        if getattr(a, key) is not None:
+            overrides[key] = getattr(a, key)
+    cfg = resolve(a.preset, a.env, overrides)
+    from data_collection.collect import ensure_dataset
+    from latent_combo.pipeline import results_table, run
+
+    results = run(cfg, a.world_model, a.fresh, build_dataset=ensure_dataset)
+    print()
+    print(results_table([results]))
+    print(f"\nresults: {results['run_dir']}/results.json   tensorboard: make tensorboard")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    run_dir = Path(a.run_dir)
+    cfg = load_config(run_dir)
+    device = pick_device(a.device or cfg.device)
+    wm_ckpt, agent_ckpt = load_checkpoint(run_dir / "wm.pt"), load_checkpoint(run_dir / "agent.pt")
+    if wm_ckpt is None or agent_ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: needs wm.pt and agent.pt (train the run first)")
+    # Sizes come from the env; the state normaliser is restored from the checkpoint's buffers, so the
+    # dataset itself is not needed.
+    from latent_combo.agent import Agent
+    from latent_combo.envs import make_env
+    from latent_combo.evaluate import evaluate
+    from latent_combo.world_model import WorldModel
+
+    env = make_env(cfg.env, render=False)
+    wm = WorldModel(cfg.wm, cfg.obs, env.action_dim, env.state_dim, np.zeros(env.state_dim),
+                    np.ones(env.state_dim)).to(device)
+    wm.load_state_dict(wm_ckpt["model"])
+    agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
+    agent.load_state_dict(agent_ckpt["agent"])
+    result, _ = evaluate(wm, agent.actor, cfg.env, a.eval_episodes, device, seed=a.seed,
+                         max_steps=cfg.eval_max_steps)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+# Keys that may differ between runs compared by `select`: the swept hyperparameters, the seed, and
+# where and how the run was executed.
+SELECT_FREE = {("agent", "beta"), ("agent", "real_ratio"), ("seed",), ("logdir",), ("threads",), ("device",)}
+
+
+def cmd_select(a) -> int:
+    """The paper's offline rule: among runs differing only in beta / f, the setting with the lowest final
+    regulariser (averaged over its seeds). Reads only `final_regulariser`, never an evaluation return."""
+    runs, reference = [], None
+    for d in a.run_dirs:
+        path, cfg_path = Path(d) / "results.json", Path(d) / "config.yaml"
+        if not path.exists() or not cfg_path.exists():
+            raise FileNotFoundError(f"{path if not path.exists() else cfg_path}: missing (run not finished)")
+        reg = json.loads(path.read_text()).get("final_regulariser")
+        if reg is None:
+            raise ValueError(f"{path}: no final_regulariser (this algo has no conservative regulariser)")
+        cfg = flatten(yaml.safe_load(cfg_path.read_text()))
+        fixed = {k: v for k, v in cfg.items() if k not in SELECT_FREE}
+        if reference is None:
+            reference = (d, fixed)
+        elif fixed != reference[1]:
+            keys = sorted(".".join(k) for k in set(fixed) | set(reference[1]) if fixed.get(k) != reference[1].get(k))
+            raise ValueError(f"{d} and {reference[0]} differ in {keys}: select compares runs that differ "
+                             "only in agent.beta, agent.real_ratio and the seed")
+        runs.append((cfg[("agent", "beta")], cfg[("agent", "real_ratio")], cfg[("seed",)], reg, d))
+    settings = {}
+    for beta, f, _, reg, _ in runs:
+        settings.setdefault((beta, f), []).append(reg)
+    print(f"{'beta':>6} {'f':>5} {'seed':>4} {'regulariser':>12}  run")
+    for beta, f, seed, reg, d in sorted(runs):
+        print(f"{beta:>6g} {f:>5g} {seed:>4} {reg:>12.4f}  {d}")
+    print(f"\n{'beta':>6} {'f':>5} {'runs':>4} {'mean':>12}")
+    means = {k: float(np.mean(v)) for k, v in settings.items()}
+    for (beta, f), m in sorted(means.items(), key=lambda kv: kv[1]):
+        print(f"{beta:>6g} {f:>5g} {len(settings[beta, f]):>4} {m:>12.4f}")
+    beta, f = min(means, key=means.get)
+    print(f"\npick: agent.beta={beta:g} agent.real_ratio={f:g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="latent-combo", description=__doc__)
+    p = argparse.ArgumentParser(prog="latent-combo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("collect", help="build an offline pixel dataset (data/ENV/FLAVOUR)")
+    s.add_argument("--env", required=True, choices=ENV_IDS)
+    s.add_argument("--flavour", required=True, choices=FLAVOURS)
+    s.add_argument("--episodes", type=int, default=200)
+    s.add_argument("--out", default=None, help="dataset folder (default data/ENV/FLAVOUR)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="worker processes (default: the core count)")
+    s.add_argument("--force", action="store_true", help="rebuild an existing dataset from scratch")
+    s.add_argument("--max-steps", type=int, default=None, help="truncate episodes to N agent steps (tests)")
+    s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("info", help="episodes, transitions, Batch Mean / Max of returns, success rate")
     s.add_argument("dir")
@@ -56,17 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.set_defaults(func=cmd_verify)
 
-    for register in _extra_commands():
-        register(sub)
+    s = sub.add_parser("train", help="world model, then COMBO (or a baseline), then evaluation")
+    s.add_argument("--env", default="walker-walk", choices=ENV_IDS)
+    s.add_argument("--dataset", help="flavour (medium, medium-replay, medium-expert, expert) or a folder")
+    s.add_argument("--algo", choices=ALGOS)
+    s.add_argument("--preset", default="cpu", choices=PRESETS)
+    s.add_argument("--obs", choices=("image", "state"))
+    s.add_argument("--seed", type=int)
+    s.add_argument("--logdir")
+    s.add_argument("--device", help="auto (default), cpu, cuda")
+    s.add_argument("--world-model", help="reuse the trained world model of this run folder")
+    s.add_argument("--fresh", action="store_true", help="delete this run's folder and start over")
+    s.add_argument("--resume", action="store_true", help="(default behaviour) continue from checkpoints")
+    s.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. agent.beta=0.5 wm.steps=100")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a trained run in the simulator")
+    s.add_argument("run_dir")
+    s.add_argument("--eval-episodes", type=int, default=10)
+    s.add_argument("--seed", type=int, default=2_000_000)
+    s.add_argument("--device")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("select", help="offline hyperparameter pick: the lowest final regulariser")
+    s.add_argument("run_dirs", nargs="+")
+    s.set_defaults(func=cmd_select)
     return p
-
-
-def _extra_commands():
-    """Subcommands that live next to the code they drive (collection, training, evaluation)."""
-    from data_collection.collect import register_cli as collect
-    from latent_combo.pipeline import register_cli as train
-
-    return [collect, train]
 
 
 def main(argv=None) -> int:

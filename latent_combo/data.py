@@ -112,12 +112,15 @@ def read_metadata(directory: str | Path) -> dict | None:
         raise DatasetError(f"{p}: not valid JSON ({e})") from e
 
 
-def episode_stats(rewards: list[np.ndarray]) -> dict:
-    """Batch Mean / Max / Min of episode returns and the success rate (any positive sparse reward)."""
+def episode_stats(rewards: list[np.ndarray], env: str | None) -> dict:
+    """Batch Mean / Max / Min of episode returns, and for sparse-success envs the success rate (any
+    positive reward): a dense-reward env such as walker-walk has no notion of success."""
     returns = np.array([r[1:].sum() for r in rewards], dtype=np.float64)
-    return {"return_mean": float(returns.mean()), "return_max": float(returns.max()),
-            "return_min": float(returns.min()), "return_std": float(returns.std()),
-            "success_rate": float(np.mean([r[1:].max() > 0 for r in rewards]))}
+    stats = {"return_mean": float(returns.mean()), "return_max": float(returns.max()),
+             "return_min": float(returns.min()), "return_std": float(returns.std())}
+    if env in SUCCESS_ENVS:
+        stats["success_rate"] = float(np.mean([r[1:].max() > 0 for r in rewards]))
+    return stats
 
 
 def write_metadata(directory: str | Path, **fields) -> dict:
@@ -127,9 +130,7 @@ def write_metadata(directory: str | Path, **fields) -> dict:
     d = Path(directory)
     files = episode_files(d)
     eps = [load_episode(p, image_size=None) for p in files]
-    stats = episode_stats([e["reward"] for e in eps]) if eps else {}
-    if fields.get("env") not in SUCCESS_ENVS:
-        stats.pop("success_rate", None)  # "any positive reward" means success for sawyer's sparse reward only
+    stats = episode_stats([e["reward"] for e in eps], fields.get("env")) if eps else {}
     meta = {
         "dataset_id": fields.pop("dataset_id", d.name),
         "total_episodes": len(files),
@@ -198,7 +199,8 @@ class OfflineDataset:
     def stats(self) -> dict:
         r = self.arrays["reward"]
         return {"episodes": len(self), "transitions": self.num_transitions,
-                **episode_stats([r[s:s + n] for s, n in zip(self.starts, self.lengths)])}
+                **episode_stats([r[s:s + n] for s, n in zip(self.starts, self.lengths)],
+                                (self.metadata or {}).get("env"))}
 
     def valid_starts(self, length: int) -> np.ndarray:
         """Every global row index where a window of `length` rows stays inside one episode."""

@@ -1,4 +1,8 @@
-"""The end-to-end job behind `latent-combo train`, plus `eval` and the offline `select` rule."""
+"""`latent-combo train` end to end: world model, latent transitions, agent, final evaluation, results.json.
+
+A run folder holds config.yaml, wm.pt, latents.pt, agent.pt, TensorBoard events and results.json.
+Rerunning the same command resumes from the last checkpoint of whichever stage was in flight.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +11,30 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from latent_combo.agent_training import log_eval, real_transitions, train_agent
-from latent_combo.config import ALGOS, PRESETS, from_dict, parse_overrides, resolve, to_dict
+from latent_combo.config import to_dict
 from latent_combo.data import OfflineDataset
-from latent_combo.envs import ENV_IDS, SUCCESS_ENVS
+from latent_combo.envs import SUCCESS_ENVS
 from latent_combo.evaluate import evaluate
-from latent_combo.train import (
-    build_world_model,
-    dataset_dir,
-    load_checkpoint,
-    run_dir_for,
-    save_config,
-    train_world_model,
-)
-from latent_combo.utils import atomic_write_text, flatten, pick_device, seed_everything
+from latent_combo.runs import DatasetBuilder, dataset_dir, run_dir_for, save_config
+from latent_combo.utils import atomic_write_text, pick_device, seed_everything
+from latent_combo.world_model_training import build_world_model, train_world_model
 
 
-def run(cfg, world_model_from: str | None = None, fresh: bool = False) -> dict:
-    """World model -> latent transitions -> agent -> final evaluation; writes results.json."""
+def run(cfg, world_model_from: str | None = None, fresh: bool = False,
+        build_dataset: DatasetBuilder | None = None) -> dict:
+    """World model -> latent transitions -> agent -> final evaluation; writes results.json. A missing
+    dataset is built by `build_dataset` (see runs.dataset_dir)."""
     from torch.utils.tensorboard import SummaryWriter
 
     t0 = time.time()
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data_path = dataset_dir(cfg)
+    data_path = dataset_dir(cfg, build_dataset)
     run_dir = run_dir_for(cfg, data_path)
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -94,112 +93,3 @@ def results_table(rows: list[dict]) -> str:
                      f"{r['eval_return_mean']:>8.1f} ±{r['eval_return_ci95']:<6.1f} {score:>15} "
                      f"{'-' if reg is None else f'{reg:.3f}':>11} {r['wall_time_s']:>6.0f}s")
     return "\n".join(lines)
-
-
-def cmd_train(a) -> int:
-    overrides = parse_overrides(a.overrides)
-    for key in ("dataset", "algo", "seed", "logdir", "obs", "device"):
-        if getattr(a, key) is not None:
-            overrides[key] = getattr(a, key)
-    cfg = resolve(a.preset, a.env, overrides)
-    results = run(cfg, a.world_model, a.fresh)
-    print()
-    print(results_table([results]))
-    print(f"\nresults: {results['run_dir']}/results.json   tensorboard: make tensorboard")
-    return 0
-
-
-def cmd_eval(a) -> int:
-    run_dir = Path(a.run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path}: not a run folder (no config.yaml)")
-    cfg = from_dict(yaml.safe_load(cfg_path.read_text()))
-    device = pick_device(a.device or cfg.device)
-    wm_ckpt, agent_ckpt = load_checkpoint(run_dir / "wm.pt"), load_checkpoint(run_dir / "agent.pt")
-    if wm_ckpt is None or agent_ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: needs wm.pt and agent.pt (train the run first)")
-    # Sizes come from the env; the state normaliser is restored from the checkpoint's buffers, so the
-    # dataset itself is not needed.
-    from latent_combo.agent import Agent
-    from latent_combo.envs import make_env
-    from latent_combo.world_model import WorldModel
-
-    env = make_env(cfg.env, render=False)
-    wm = WorldModel(cfg.wm, cfg.obs, env.action_dim, env.state_dim, np.zeros(env.state_dim),
-                    np.ones(env.state_dim)).to(device)
-    wm.load_state_dict(wm_ckpt["model"])
-    agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
-    agent.load_state_dict(agent_ckpt["agent"])
-    result, _ = evaluate(wm, agent.actor, cfg.env, a.eval_episodes, device, seed=a.seed,
-                         max_steps=cfg.eval_max_steps)
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-# Keys that may differ between runs compared by `select`: the swept hyperparameters, the seed, and
-# where and how the run was executed.
-SELECT_FREE = {("agent", "beta"), ("agent", "real_ratio"), ("seed",), ("logdir",), ("threads",), ("device",)}
-
-
-def cmd_select(a) -> int:
-    """The paper's offline rule: among runs differing only in beta / f, the setting with the lowest final
-    regulariser (averaged over its seeds). Reads only `final_regulariser`, never an evaluation return."""
-    runs, reference = [], None
-    for d in a.run_dirs:
-        path, cfg_path = Path(d) / "results.json", Path(d) / "config.yaml"
-        if not path.exists() or not cfg_path.exists():
-            raise FileNotFoundError(f"{path if not path.exists() else cfg_path}: missing (run not finished)")
-        reg = json.loads(path.read_text()).get("final_regulariser")
-        if reg is None:
-            raise ValueError(f"{path}: no final_regulariser (this algo has no conservative regulariser)")
-        cfg = flatten(yaml.safe_load(cfg_path.read_text()))
-        fixed = {k: v for k, v in cfg.items() if k not in SELECT_FREE}
-        if reference is None:
-            reference = (d, fixed)
-        elif fixed != reference[1]:
-            keys = sorted(".".join(k) for k in set(fixed) | set(reference[1]) if fixed.get(k) != reference[1].get(k))
-            raise ValueError(f"{d} and {reference[0]} differ in {keys}: select compares runs that differ "
-                             "only in agent.beta, agent.real_ratio and the seed")
-        runs.append((cfg[("agent", "beta")], cfg[("agent", "real_ratio")], cfg[("seed",)], reg, d))
-    settings = {}
-    for beta, f, _, reg, _ in runs:
-        settings.setdefault((beta, f), []).append(reg)
-    print(f"{'beta':>6} {'f':>5} {'seed':>4} {'regulariser':>12}  run")
-    for beta, f, seed, reg, d in sorted(runs):
-        print(f"{beta:>6g} {f:>5g} {seed:>4} {reg:>12.4f}  {d}")
-    print(f"\n{'beta':>6} {'f':>5} {'runs':>4} {'mean':>12}")
-    means = {k: float(np.mean(v)) for k, v in settings.items()}
-    for (beta, f), m in sorted(means.items(), key=lambda kv: kv[1]):
-        print(f"{beta:>6g} {f:>5g} {len(settings[beta, f]):>4} {m:>12.4f}")
-    beta, f = min(means, key=means.get)
-    print(f"\npick: agent.beta={beta:g} agent.real_ratio={f:g}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    s = sub.add_parser("train", help="world model, then COMBO (or a baseline), then evaluation")
-    s.add_argument("--env", default="walker-walk", choices=ENV_IDS)
-    s.add_argument("--dataset", help="flavour (medium, medium-replay, medium-expert, expert) or a folder")
-    s.add_argument("--algo", choices=ALGOS)
-    s.add_argument("--preset", default="cpu", choices=PRESETS)
-    s.add_argument("--obs", choices=("image", "state"))
-    s.add_argument("--seed", type=int)
-    s.add_argument("--logdir")
-    s.add_argument("--device", help="auto (default), cpu, cuda")
-    s.add_argument("--world-model", help="reuse the trained world model of this run folder")
-    s.add_argument("--fresh", action="store_true", help="delete this run's folder and start over")
-    s.add_argument("--resume", action="store_true", help="(default behaviour) continue from checkpoints")
-    s.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. agent.beta=0.5 wm.steps=100")
-    s.set_defaults(func=cmd_train)
-
-    s = sub.add_parser("eval", help="evaluate a trained run in the simulator")
-    s.add_argument("run_dir")
-    s.add_argument("--eval-episodes", type=int, default=10)
-    s.add_argument("--seed", type=int, default=2_000_000)
-    s.add_argument("--device")
-    s.set_defaults(func=cmd_eval)
-
-    s = sub.add_parser("select", help="offline hyperparameter pick: the lowest final regulariser")
-    s.add_argument("run_dirs", nargs="+")
-    s.set_defaults(func=cmd_select)

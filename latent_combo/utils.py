@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice, seeding, RNG state capture, atomic file writes."""
+"""Small shared helpers: device choice, seeding, RNG state capture, atomic file writes, the finite check."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     """Every global RNG, so a resumed run draws the same numbers as an uninterrupted one."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's legacy state as a dict with its key array as a list: plain data, loadable with weights_only.
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -33,7 +36,11 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = {**numpy_state, "state": {**numpy_state["state"],
+                                                "key": np.asarray(numpy_state["state"]["key"], np.uint32)}}
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -54,6 +61,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def check_finite(metrics: dict, stage: str, step: int) -> None:
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
+    if bad:
+        raise NonFiniteLoss(f"{stage}: non-finite {', '.join(bad)} at step {step}; stopping. The last good "
+                            "checkpoint in the run folder is intact (lower the learning rate or check the data).")
 
 
 def flatten(d: dict, prefix: tuple = ()) -> dict:

@@ -14,9 +14,9 @@ def quality(monkeypatch, tmp_path):
     spec = importlib.util.spec_from_file_location("quality", ROOT / "bench" / "quality.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    import latent_combo.train
+    import latent_combo.runs
 
-    monkeypatch.setattr(latent_combo.train, "dataset_dir", lambda cfg: tmp_path / "medium-replay")
+    monkeypatch.setattr(latent_combo.runs, "dataset_dir", lambda cfg, build=None: tmp_path / "medium-replay")
     return mod
 
 

@@ -1,6 +1,5 @@
 """Dataset collection: tiny collections per env, resume, flavour mixing, door-close relabelling, shipping."""
 
-import argparse
 import json
 
 import numpy as np
@@ -190,8 +189,9 @@ def test_door_close_relabelling(tmp_path):
 
 
 def test_cli_collect(tmp_path, capsys):
-    p = argparse.ArgumentParser()
-    C.register_cli(p.add_subparsers(dest="command"))
+    from latent_combo.cli import build_parser
+
+    p = build_parser()
     a = p.parse_args(["collect", "--env", "sawyer-door", "--flavour", "medium", "--episodes", "1",
                       "--max-steps", "2", "--workers", "1", "--out", str(tmp_path / "cli")])
     assert a.func(a) == 0

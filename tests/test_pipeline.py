@@ -36,6 +36,8 @@ def test_each_algo_and_env_writes_results(env, algo, env_datasets, world_models,
     key = "eval_success_rate" if env == "sawyer-door" else "eval_normalized_score"
     assert 0 <= results[key] <= 100
     assert (results["final_regulariser"] is not None) == (algo in ("combo", "cql"))
+    # Success is a notion of sparse-success envs only, in results.json as in the manifest.
+    assert ("success_rate" in results["dataset_stats"]) == (env == "sawyer-door")
     assert (run / "config.yaml").exists() and (run / "agent.pt").exists() and list(run.glob("events.*"))
 
 
@@ -50,7 +52,8 @@ def test_agent_resume_is_exact(env_datasets, world_models, tmp_path):
     from latent_combo.agent_training import train_agent
     from latent_combo.data import OfflineDataset
     from latent_combo.latent import encode_dataset
-    from latent_combo.train import build_world_model, load_checkpoint
+    from latent_combo.runs import load_checkpoint
+    from latent_combo.world_model_training import build_world_model
 
     cfg = resolve("debug", overrides={"agent.steps": 6, "agent.checkpoint_every": 3})
     ds = OfflineDataset(env_datasets["walker-walk"])
@@ -113,8 +116,7 @@ def test_eval_command_needs_only_the_run_folder(world_models, capsys):
 
 
 def test_flavour_name_builds_a_small_dataset_in_its_own_folder(tmp_path, monkeypatch):
-    import data_collection.collect as collect
-    from latent_combo.train import dataset_dir
+    from latent_combo.runs import dataset_dir
 
     monkeypatch.chdir(tmp_path)
     built = []
@@ -125,19 +127,20 @@ def test_flavour_name_builds_a_small_dataset_in_its_own_folder(tmp_path, monkeyp
         (out / "metadata.json").write_text("{}")
         return out
 
-    monkeypatch.setattr(collect, "ensure_dataset", fake_ensure)
     cfg = resolve("debug", overrides={"dataset": "medium", "seed": 3})
-    assert dataset_dir(cfg) == tmp_path.joinpath("data/walker-walk/medium-2ep").relative_to(tmp_path)
+    with pytest.raises(FileNotFoundError, match="make collect-walker"):
+        dataset_dir(cfg)  # no builder passed in: the library never collects on its own
+    assert dataset_dir(cfg, fake_ensure) == tmp_path.joinpath("data/walker-walk/medium-2ep").relative_to(tmp_path)
     assert built == [("walker-walk", "medium", 2, "data/walker-walk/medium-2ep", 0)]
-    dataset_dir(cfg)
+    dataset_dir(cfg, fake_ensure)
     assert len(built) == 1  # reused, not rebuilt
     (tmp_path / "data/walker-walk/medium").mkdir(parents=True)
     (tmp_path / "data/walker-walk/medium/metadata.json").write_text("{}")
-    assert str(dataset_dir(cfg)) == "data/walker-walk/medium"  # a full collection wins
+    assert str(dataset_dir(cfg, fake_ensure)) == "data/walker-walk/medium"  # a full collection wins
 
 
 def test_resume_refuses_a_changed_hyperparameter_but_not_a_changed_thread_count(tmp_path):
-    from latent_combo.train import save_config
+    from latent_combo.runs import save_config
 
     save_config(resolve("debug", overrides={"threads": 2}), tmp_path)
     save_config(resolve("debug", overrides={"threads": 1, "device": "cpu"}), tmp_path)

@@ -6,8 +6,8 @@ import torch
 
 from latent_combo.config import resolve
 from latent_combo.data import OfflineDataset
-from latent_combo.train import train_world_model
 from latent_combo.world_model import WorldModel, state_normaliser, to_torch
+from latent_combo.world_model_training import train_world_model
 
 B, T, A = 3, 6, 6
 
@@ -143,7 +143,7 @@ def test_tensorboard_has_open_loop_images(tmp_path, tiny_dataset):
 
 
 def test_non_finite_loss_stops_with_step_and_term(tmp_path, tiny_dataset):
-    from latent_combo.train import NonFiniteLoss
+    from latent_combo.utils import NonFiniteLoss
 
     with pytest.raises(NonFiniteLoss, match=r"non-finite .*wm/.* at step 1"):
         wm_run(tmp_path, tiny_dataset, steps=4, obs_scale=float("inf"))

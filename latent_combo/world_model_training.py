@@ -1,89 +1,21 @@
-"""`latent-combo train`: world model, then latent transitions, then the agent, then evaluation.
-
-A run folder holds config.yaml, wm.pt, latents.pt, agent.pt, TensorBoard events and results.json.
-Rerunning the same command resumes from the last checkpoint of whichever stage was in flight.
-"""
+"""World-model stage: ELBO updates on sampled windows, open-loop reports, checkpoints in wm.pt (resumable)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from latent_combo import report
-from latent_combo.config import Config, from_dict, to_dict
+from latent_combo.config import Config, to_dict
 from latent_combo.data import OfflineDataset
-from latent_combo.utils import atomic_save, atomic_write_text, rng_state, seed_everything, set_rng_state
+from latent_combo.runs import load_checkpoint, save_checkpoint
+from latent_combo.utils import check_finite, rng_state, seed_everything, set_rng_state
 from latent_combo.world_model import WorldModel, state_normaliser, to_torch
 
-FLAVOURS = ("medium", "medium-replay", "medium-expert", "expert")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def check_finite(metrics: dict, stage: str, step: int) -> None:
-    bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
-    if bad:
-        raise NonFiniteLoss(f"{stage}: non-finite {', '.join(bad)} at step {step}; stopping. The last good "
-                            "checkpoint in the run folder is intact (lower the learning rate or check the data).")
-
-
-# ----- datasets and run folders ---------------------------------------------------------------------
-
-def dataset_dir(cfg: Config) -> Path:
-    """A flavour name resolves to data/ENV/FLAVOUR when that dataset exists (e.g. from `make collect-walker`),
-    else to a small one, data/ENV/FLAVOUR-Nep with N = cfg.default_episodes, built on the fly if missing
-    (a separate folder, so a later full collection is not blocked by it). Anything else is a folder path."""
-    if cfg.dataset in FLAVOURS:
-        full = Path("data") / cfg.env / cfg.dataset
-        if (full / "metadata.json").exists():
-            return full
-        small = Path("data") / cfg.env / f"{cfg.dataset}-{cfg.default_episodes}ep"
-        if not (small / "metadata.json").exists():
-            from data_collection.collect import ensure_dataset
-
-            print(f"no dataset at {full}: building a small one, {cfg.default_episodes} episodes, in {small}")
-            ensure_dataset(cfg.env, cfg.dataset, cfg.default_episodes, out=small, seed=0)
-        return small
-    path = Path(cfg.dataset)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--dataset {cfg.dataset!r}: neither a flavour ({', '.join(FLAVOURS)}) "
-                                "nor an existing folder")
-    return path
-
-
-def run_dir_for(cfg: Config, data_path: Path) -> Path:
-    """Named after the resolved dataset folder, so a small on-the-fly dataset and the full collection of the
-    same flavour never share a run folder."""
-    return Path(cfg.logdir) / cfg.env / Path(data_path).name / f"{cfg.algo}-{cfg.obs}-{cfg.preset}-s{cfg.seed}"
-
-
-def save_config(cfg: Config, run_dir: Path) -> None:
-    """Resolved config saved with the run; a resumed run must have been started with the same one,
-    except for where it runs (`threads`, `device`), which may change between sessions."""
-    path = run_dir / "config.yaml"
-    if path.exists():
-        where = {"threads": cfg.threads, "device": cfg.device}
-        old = dataclasses.replace(from_dict(yaml.safe_load(path.read_text())), **where)
-        if old != cfg:
-            diff = [k for k, v in to_dict(cfg).items() if to_dict(old).get(k) != v]
-            raise ValueError(f"{path}: this run folder was started with a different config (differs in "
-                             f"{diff}); use --fresh to restart it or --logdir for a new folder")
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def load_checkpoint(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
-
-
-# ----- stage 1: world model ---------------------------------------------------------------------------
 
 def build_world_model(cfg: Config, dataset: OfflineDataset, device) -> WorldModel:
     mean, std = state_normaliser(dataset)
@@ -115,7 +47,7 @@ def train_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
     stop = min(steps or c.steps, c.steps)
 
     def save(step):
-        atomic_save({"model": wm.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng_state(),
+        save_checkpoint({"model": wm.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng_state(),
                      "sampler": sampler.bit_generator.state, "report_rng": report_rng.bit_generator.state,
                      "config": to_dict(cfg)}, run_dir / "wm.pt")
 

@@ -1,0 +1,65 @@
+"""Layering and run-folder plumbing: imports point one way, checkpoints hold plain data only."""
+
+import pkgutil
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import latent_combo
+from latent_combo.runs import CheckpointError, load_checkpoint, plain, save_checkpoint
+from latent_combo.utils import rng_state, set_rng_state
+
+
+def test_library_never_imports_data_collection():
+    modules = [m.name for m in pkgutil.iter_modules(latent_combo.__path__) if m.name != "cli"]
+    assert {"runs", "pipeline", "world_model_training", "agent_training"} <= set(modules)
+    code = ("import sys\n" + "".join(f"import latent_combo.{m}\n" for m in modules)
+            + "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'data_collection')\n"
+            + "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+class Payload:
+    """Unpickling this would create the file named by `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_with_an_arbitrary_object_is_refused_unrun(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "wm.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_checkpoints_round_trip_plain_data_and_rng_state(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = {"rng": rng_state(), "sampler": np.random.default_rng(4).bit_generator.state,
+             "history": [{"step": 5, "score": np.float64(1.5)}], "array": np.arange(3)}
+    save_checkpoint(state, tmp_path / "a.pt")
+    loaded = load_checkpoint(tmp_path / "a.pt")
+    assert loaded["history"] == [{"step": 5, "score": 1.5}] and type(loaded["history"][0]["score"]) is float
+    torch.testing.assert_close(loaded["array"], torch.arange(3))
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    set_rng_state(loaded["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+    gen = np.random.default_rng()
+    gen.bit_generator.state = loaded["sampler"]
+    assert gen.random() == np.random.default_rng(4).random()
+    assert load_checkpoint(tmp_path / "missing.pt") is None
+
+
+def test_plain_names_what_cannot_be_saved():
+    with pytest.raises(TypeError, match=r"ckpt\['opt'\]\[0\]: Payload"):
+        plain({"opt": [Payload("x")]}, "ckpt")
