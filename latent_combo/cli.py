@@ -22,7 +22,7 @@ import yaml  # noqa: E402
 from latent_combo.config import ALGOS, PRESETS, parse_overrides, resolve  # noqa: E402
 from latent_combo.envs import ENV_IDS  # noqa: E402
 from latent_combo.runs import FLAVOURS, load_checkpoint, load_config  # noqa: E402
-from latent_combo.utils import flatten, pick_device  # noqa: E402
+from latent_combo.utils import atomic_write_text, flatten, pick_device  # noqa: E402
 
 
 def cmd_info(a) -> int:
@@ -77,10 +77,49 @@ def cmd_train(a) -> int:
     from data_collection.collect import ensure_dataset
     from latent_combo.pipeline import results_table, run
 
-    results = run(cfg, a.world_model, a.fresh, build_dataset=ensure_dataset)
+    results = run(cfg, a.world_model, a.fresh, build_dataset=ensure_dataset, world_model_only=a.world_model_only)
+    if a.world_model_only:
+        print(f"\nworld model and probe: {results['run_dir']}/probe.json ({results['wall_time_s']:.0f}s)")
+        return 0
     print()
     print(results_table([results]))
     print(f"\nresults: {results['run_dir']}/results.json   tensorboard: make tensorboard")
+    return 0
+
+
+def cmd_probe(a) -> int:
+    """Probe a run folder's world model on the dataset it was trained on; updates probe.json and results.json."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from latent_combo.data import OfflineDataset
+    from latent_combo.runs import dataset_dir
+    from latent_combo.world_model_training import build_world_model, probe_world_model
+
+    run_dir = Path(a.run_dir)
+    cfg = load_config(run_dir)
+    ckpt = load_checkpoint(run_dir / "wm.pt")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: no wm.pt (train the world model first)")
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    dataset = OfflineDataset(a.dataset or results.get("dataset") or dataset_dir(cfg))
+    device = pick_device(a.device or cfg.device)
+    wm = build_world_model(cfg, dataset, device)
+    wm.load_state_dict(ckpt["model"])
+    if a.fresh:
+        (run_dir / "probe.json").unlink(missing_ok=True)
+    writer = SummaryWriter(str(run_dir))
+    probe = probe_world_model(cfg, wm, dataset, run_dir, writer, device)
+    writer.close()
+    if results:
+        results["probe"] = probe
+        atomic_write_text(results_path, json.dumps(results, indent=1))
+    if a.json:
+        print(json.dumps(probe, indent=1))
+    else:
+        from latent_combo.probe import format_probe
+
+        print(format_probe(probe))
     return 0
 
 
@@ -185,9 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto (default), cpu, cuda")
     s.add_argument("--world-model", help="reuse the trained world model of this run folder")
     s.add_argument("--fresh", action="store_true", help="delete this run's folder and start over")
+    s.add_argument("--world-model-only", action="store_true",
+                   help="stop after the world model and its probe (no agent, no evaluation)")
     s.add_argument("--resume", action="store_true", help="(default behaviour) continue from checkpoints")
     s.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. agent.beta=0.5 wm.steps=100")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("probe", help="does the world model see? state R², open-loop R², reward error, "
+                                     "posterior-vs-prior separability")
+    s.add_argument("run_dir")
+    s.add_argument("--dataset", help="dataset folder (default: the run's own)")
+    s.add_argument("--device")
+    s.add_argument("--fresh", action="store_true", help="recompute even if probe.json is current")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_probe)
 
     s = sub.add_parser("eval", help="evaluate a trained run in the simulator")
     s.add_argument("run_dir")

@@ -21,13 +21,14 @@ from latent_combo.envs import SUCCESS_ENVS
 from latent_combo.evaluate import evaluate
 from latent_combo.runs import DatasetBuilder, dataset_dir, run_dir_for, save_config
 from latent_combo.utils import atomic_write_text, pick_device, seed_everything
-from latent_combo.world_model_training import build_world_model, train_world_model
+from latent_combo.world_model_training import build_world_model, probe_world_model, train_world_model
 
 
 def run(cfg, world_model_from: str | None = None, fresh: bool = False,
-        build_dataset: DatasetBuilder | None = None) -> dict:
-    """World model -> latent transitions -> agent -> final evaluation; writes results.json. A missing
-    dataset is built by `build_dataset` (see runs.dataset_dir)."""
+        build_dataset: DatasetBuilder | None = None, world_model_only: bool = False) -> dict:
+    """World model -> probe -> latent transitions -> agent -> final evaluation; writes results.json. A missing
+    dataset is built by `build_dataset` (see runs.dataset_dir). `world_model_only` stops after the probe
+    and returns its figures."""
     from torch.utils.tensorboard import SummaryWriter
 
     t0 = time.time()
@@ -55,6 +56,10 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
         if not (run_dir / "wm.pt").exists():
             shutil.copy(src, run_dir / "wm.pt")
     train_world_model(cfg, wm, dataset, run_dir, writer, device)
+    probe = probe_world_model(cfg, wm, dataset, run_dir, writer, device)
+    if world_model_only:
+        writer.close()
+        return {"run_dir": str(run_dir), "probe": probe, "wall_time_s": time.time() - t0}
     transitions = real_transitions(cfg, wm, dataset, run_dir, device)
     dataset_stats = dataset.stats()
     del dataset  # images are no longer needed; the agent works on latents
@@ -72,7 +77,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
                # Averaged over the last tenth of the updates (see agent_training.train_agent).
                "final_regulariser": agent.last_metrics.get("regulariser_tail_mean"),
                "final_q_mean": agent.last_metrics.get("q_mean"),
-               "dataset_stats": dataset_stats,
+               "dataset_stats": dataset_stats, "probe": probe,
                "history": agent.history, "wall_time_s": time.time() - t0, "device": str(device),
                "run_dir": str(run_dir)}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from tqdm import tqdm
 from latent_combo import report
 from latent_combo.config import Config, to_dict
 from latent_combo.data import OfflineDataset
+from latent_combo.probe import format_probe, run_probe
 from latent_combo.runs import load_checkpoint, save_checkpoint
-from latent_combo.utils import check_finite, rng_state, seed_everything, set_rng_state
+from latent_combo.utils import atomic_write_text, check_finite, rng_state, seed_everything, set_rng_state
 from latent_combo.world_model import WorldModel, state_normaliser, to_torch
 
 
@@ -84,3 +86,20 @@ def log_open_loop(wm, dataset, rng, writer, step, device, context: int = 5, hori
             writer.add_scalar(f"loss/wm/open_loop_mse_h{h}", err[:, h - 1].mean().item(), step)
     grid = report.open_loop_grid(truth, model) if wm.obs == "image" else report.state_plot_grid(truth, model)
     writer.add_image("wm/open_loop_truth_model_error", grid, step, dataformats="HWC")
+
+
+def probe_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_dir: Path, writer, device) -> dict:
+    """The probe figures of the trained world model (latent_combo.probe), cached in probe.json for its
+    checkpoint step, logged under probe/ in TensorBoard and printed."""
+    path, step = run_dir / "probe.json", load_checkpoint(run_dir / "wm.pt")["step"]
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("wm_step") == step:
+            return cached["probe"]
+    t0 = time.time()
+    result = run_probe(wm, dataset, cfg.env, device, seed=cfg.seed)
+    print(format_probe(result) + f"\n(probe: {time.time() - t0:.0f}s)")
+    if "skipped" not in result:
+        report.log_scalars(writer, {k: v for k, v in result.items() if isinstance(v, float)}, step, "probe/")
+    atomic_write_text(path, json.dumps({"wm_step": step, "probe": result}, indent=1))
+    return result

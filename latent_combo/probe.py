@@ -1,0 +1,173 @@
+"""Does the world model see? Probes from the agent's latent features to the true state the datasets store.
+
+- state R²: ridge regression from posterior features to the state, fitted on 80% of the episodes and
+  scored on the rest (per dimension, and in the state's own units as RMSE);
+- open-loop R² at horizons 1, 5, 15: prior rollouts with the real actions from filtered states, mapped to
+  state by the same regression;
+- reward error of the reward head on held-out posterior and one-step prior features;
+- separability: accuracy of a logistic regression telling posterior features of real steps from
+  one-step prior predictions of the same steps (0.5: the critic cannot tell model states by their look).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from latent_combo.world_model import to_torch
+
+HORIZONS = (1, 5, 15)
+# Named groups of state dimensions, reported on their own (the rest only per dimension).
+STATE_GROUPS = {
+    "walker-walk": {"positions": range(0, 15), "velocities": range(15, 24)},
+    "sawyer-door": {"hand": range(0, 3), "gripper": range(3, 4), "handle": range(4, 7)},
+    "sawyer-door-close": {"hand": range(0, 3), "gripper": range(3, 4), "handle": range(4, 7)},
+}
+
+
+@torch.no_grad()
+def encode_for_probe(wm, dataset, device, rng: np.random.Generator, chunk: int = 32) -> dict:
+    """Per step of every episode: posterior features, one-step prior features (same h, z drawn from a
+    random prior head), the true state and reward, the episode index. Step 0 of each episode is left
+    out (its prior comes from the reset state, not from a filtered one)."""
+    wm.eval()
+    rssm, parts = wm.rssm, {k: [] for k in ("post", "prior", "state", "reward", "episode")}
+    for lo in range(0, len(dataset), chunk):
+        eps = [dataset.episode(i) for i in range(lo, min(lo + chunk, len(dataset)))]
+        n = max(len(e["reward"]) for e in eps)
+        batch = {k: np.stack([np.concatenate([e[k], np.repeat(e[k][-1:], n - len(e[k]), 0)]) for e in eps])
+                 for k in (wm.obs, "action", "is_first")}
+        b = to_torch(batch, device)
+        post = rssm.observe(wm.embed(wm.target(b)), b["action"], b["is_first"])
+        mean, std = rssm.prior_stats(post["h"])  # (K, B, T, S)
+        head = torch.as_tensor(rng.integers(rssm.ensemble, size=post["h"].shape[:2]), device=device)
+        idx = head[None, ..., None].expand(1, *mean.shape[1:])
+        mean, std = mean.gather(0, idx)[0], std.gather(0, idx)[0]
+        z_prior = mean + std * torch.randn_like(std)
+        prior = torch.cat([post["h"], z_prior], -1)
+        for j, e in enumerate(eps):
+            t = len(e["reward"])
+            parts["post"].append(post["feat"][j, 1:t].cpu().numpy())
+            parts["prior"].append(prior[j, 1:t].cpu().numpy())
+            parts["state"].append(e["state"][1:t])
+            parts["reward"].append(e["reward"][1:t])
+            parts["episode"].append(np.full(t - 1, lo + j))
+    wm.train()
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def fit_state_probe(x: np.ndarray, y: np.ndarray):
+    """Ridge regression on standardised features, its strength chosen by leave-one-out on the training set."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 7))).fit(x, y)
+
+
+def r2_per_dim(y: np.ndarray, pred: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    from sklearn.metrics import r2_score
+
+    return r2_score(y[:, dims], pred[:, dims], multioutput="raw_values")
+
+
+def separability(post_train, prior_train, post_test, prior_test, rng, n: int = 10_000) -> float:
+    """Held-out accuracy of a logistic regression telling posterior from one-step prior features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def pair(a, b):
+        ia, ib = (rng.choice(len(v), min(n, len(v)), replace=False) for v in (a, b))
+        return np.concatenate([a[ia], b[ib]]), np.concatenate([np.ones(len(ia)), np.zeros(len(ib))])
+
+    x, y = pair(post_train, prior_train)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    return float(clf.score(*pair(post_test, prior_test)))
+
+
+@torch.no_grad()
+def open_loop_r2(wm, dataset, data: dict, test_eps, probe, dims, device, rng, every: int = 10) -> dict:
+    """R² of the probe's state read from prior rollouts with the real actions (a random prior head per
+    step), `h` steps after a filtered state, for h in HORIZONS; start steps every `every` steps of the
+    held-out episodes."""
+    horizon = max(HORIZONS)
+    starts, actions, truth = [], [], []
+    for i in test_eps:
+        rows = np.flatnonzero(data["episode"] == i)  # steps 1 .. T of episode i, in order
+        action = dataset.episode(i)["action"]
+        for s in range(0, len(rows) - horizon, every):  # row s holds step s + 1
+            starts.append(rows[s])
+            actions.append(action[s + 2:s + 2 + horizon])
+            truth.append(data["state"][rows[s + 1:s + 1 + horizon]])
+    if not starts:
+        return {}
+    rssm = wm.rssm
+    gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
+    start = torch.as_tensor(data["post"][starts], device=device)
+    feats, _ = rssm.imagine(rssm.split(start), horizon, actions=torch.as_tensor(np.stack(actions), device=device),
+                            generator=gen)
+    feats, truth = feats.cpu().numpy(), np.stack(truth)
+    return {f"open_loop_r2_h{h}": float(r2_per_dim(truth[:, h - 1], probe.predict(feats[:, h - 1]), dims).mean())
+            for h in HORIZONS}
+
+
+def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 0.2) -> dict:
+    """Every probe figure as a flat dict (see the module docstring); {} with a reason for a dataset
+    without `state`."""
+    if "state" not in dataset.arrays:
+        return {"skipped": f"{dataset.directory}: no 'state' key in the episodes (e.g. V-D4RL): nothing to probe"}
+    rng = np.random.default_rng(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        data = encode_for_probe(wm, dataset, device, rng)
+        order = rng.permutation(len(dataset))
+        n_test = max(1, int(round(test_share * len(dataset))))
+        test_eps = np.sort(order[:n_test])
+        test = np.isin(data["episode"], test_eps)
+        train = ~test
+        if not train.any():
+            raise ValueError(f"{dataset.directory}: the probe needs at least 2 episodes")
+        y = data["state"]
+        # Dimensions constant over the dataset (sawyer's goal, for one) have no R²: scored on the rest.
+        dims = np.flatnonzero(y.std(0) > 1e-6)
+        probe = fit_state_probe(data["post"][train], y[train])
+        pred = probe.predict(data["post"][test])
+        r2 = r2_per_dim(y[test], pred, dims)
+        rmse = np.sqrt(((pred - y[test]) ** 2).mean(0))
+        out = {"state_r2": float(r2.mean()), "episodes_train": int(len(dataset) - n_test),
+               "episodes_test": int(n_test), "dims_scored": dims.tolist(),
+               "state_r2_dims": [float(v) for v in r2], "state_rmse_dims": [float(v) for v in rmse]}
+        for name, group in STATE_GROUPS.get(env, {}).items():
+            sel = [k for k, d in enumerate(dims) if d in group]
+            if sel:
+                out[f"state_r2_{name}"] = float(r2[sel].mean())
+                out[f"state_rmse_{name}"] = float(np.sqrt((rmse[dims[sel]] ** 2).mean()))
+        out.update(open_loop_r2(wm, dataset, data, test_eps, probe, dims, device, rng))
+        reward_of = lambda x: wm.reward(torch.as_tensor(x, device=device)).squeeze(-1).cpu().numpy()
+        with torch.no_grad():
+            for name in ("post", "prior"):
+                err = reward_of(data[name][test]) - data["reward"][test]
+                out[f"reward_rmse_{'posterior' if name == 'post' else 'prior'}"] = float(np.sqrt((err ** 2).mean()))
+        out["reward_std"] = float(data["reward"][test].std())
+        out["separability"] = separability(data["post"][train], data["prior"][train], data["post"][test],
+                                           data["prior"][test], rng)
+    return out
+
+
+def format_probe(p: dict) -> str:
+    """The headline figures on a few lines."""
+    if "skipped" in p:
+        return f"probe skipped: {p['skipped']}"
+    groups = " ".join(f"{k[len('state_r2_'):]} {v:.3f}" for k, v in p.items()
+                      if k.startswith("state_r2_") and k != "state_r2_dims")
+    lines = [f"state R² {p['state_r2']:.3f} held out ({p['episodes_test']} of "
+             f"{p['episodes_train'] + p['episodes_test']} episodes){' | ' + groups if groups else ''}",
+             "open-loop R² " + "  ".join(f"h{h} {p[f'open_loop_r2_h{h}']:.3f}" for h in HORIZONS
+                                         if f"open_loop_r2_h{h}" in p),
+             f"reward RMSE posterior {p['reward_rmse_posterior']:.4f}  one-step prior {p['reward_rmse_prior']:.4f}"
+             f"  (reward std {p['reward_std']:.4f})",
+             f"posterior vs prior separability {p['separability']:.3f} (0.5: indistinguishable)",
+             "per-dimension R² / RMSE: " + ", ".join(f"{d}: {r:.2f}/{p['state_rmse_dims'][d]:.3g}"
+                                                     for d, r in zip(p["dims_scored"], p["state_r2_dims"]))]
+    return "\n".join(lines)

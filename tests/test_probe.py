@@ -1,0 +1,69 @@
+"""The world-model probe: recovers a state that is there, finds none in noise, and runs after the stage."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latent_combo.cli import main as cli
+from latent_combo.probe import fit_state_probe, r2_per_dim, separability
+
+
+def synthetic(n=3000, state_dim=5, feat_dim=40, seed=0):
+    rng = np.random.default_rng(seed)
+    state = rng.normal(size=(n, state_dim)) * rng.uniform(0.1, 10, state_dim)
+    return rng, state, state @ rng.normal(size=(state_dim, feat_dim)) + 0.01 * rng.normal(size=(n, feat_dim))
+
+
+def test_probe_reads_a_linear_latent_and_not_noise():
+    rng, state, latent = synthetic()
+    train, test, dims = slice(0, 2400), slice(2400, None), np.arange(state.shape[1])
+    r2 = r2_per_dim(state[test], fit_state_probe(latent[train], state[train]).predict(latent[test]), dims)
+    assert r2.min() > 0.99
+    noise = rng.normal(size=latent.shape)
+    r2 = r2_per_dim(state[test], fit_state_probe(noise[train], state[train]).predict(noise[test]), dims)
+    assert abs(r2.mean()) < 0.05
+
+
+def test_separability_is_chance_for_one_distribution_and_high_for_two():
+    rng = np.random.default_rng(0)
+    same = [rng.normal(size=(2000, 10)) for _ in range(4)]
+    assert abs(separability(*same, rng) - 0.5) < 0.05
+    shifted = [x + (1.0 if i % 2 else 0.0) for i, x in enumerate(same)]
+    assert separability(*shifted, rng) > 0.9
+
+
+def test_probe_runs_after_the_world_model_stage(env_datasets, tmp_path, capsys):
+    data = env_datasets["sawyer-door"]
+    assert cli(["train", "--env", "sawyer-door", "--dataset", str(data), "--preset", "debug",
+                "--logdir", str(tmp_path), "--world-model-only"]) == 0
+    run = tmp_path / "sawyer-door" / data.name / "combo-image-debug-s0"
+    probe = json.loads((run / "probe.json").read_text())["probe"]
+    for key in ("state_r2", "state_r2_dims", "state_rmse_dims", "state_r2_hand", "reward_rmse_posterior",
+                "reward_rmse_prior", "separability"):
+        assert key in probe, key
+    assert not (run / "agent.pt").exists()  # stopped after the probe
+    capsys.readouterr()
+    assert cli(["probe", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state_r2"] == pytest.approx(probe["state_r2"])
+
+
+def test_probe_skips_a_dataset_without_state(tmp_path, capsys):
+    from conftest import make_episode
+
+    for i in range(3):
+        ep = make_episode(12, seed=i)
+        del ep["state"]
+        np.savez_compressed(tmp_path / f"{i}-12.npz", **ep)
+    from latent_combo.config import resolve
+    from latent_combo.data import OfflineDataset
+    from latent_combo.probe import format_probe, run_probe
+    from latent_combo.world_model import WorldModel
+
+    cfg = resolve("debug")
+    ds = OfflineDataset(tmp_path)
+    wm = WorldModel(cfg.wm, "image", ds.action_dim)
+    out = run_probe(wm, ds, "walker-walk", torch.device("cpu"))
+    assert set(out) == {"skipped"} and "no 'state'" in out["skipped"]
+    assert format_probe(out).startswith("probe skipped")
