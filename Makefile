@@ -15,7 +15,7 @@ WORKERS ?= $(shell nproc)
 ARGS ?=
 
 .PHONY: setup system-deps test test-all lint train-latent train-behaviour collect-walker collect-sawyer \
-        tensorboard bench bench-quality clean
+        tensorboard bench bench-gpu bench-quality clean
 
 setup: system-deps $(VENV_STAMP)
 
@@ -80,6 +80,11 @@ bench: setup
 	$(PY) bench/world_model.py
 	$(PY) bench/agent.py
 	$(PY) bench/collect.py
+
+# Paper-scale per-update times on CUDA and the projected wall time of a full walker run (explains itself
+# and exits 0 without a GPU).
+bench-gpu: setup
+	$(PY) bench/gpu.py $(ARGS)
 
 bench-quality: setup
 	$(PY) bench/quality.py $(ARGS)

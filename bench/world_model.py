@@ -4,8 +4,8 @@
 
 One update = ELBO loss on a (B, T) batch of random 64x64x3 uint8 images, backward, gradient clipping
 and an Adam step (as latent_combo.world_model_training does). The batch is built once with
-latent_combo.world_model's to_torch (data loading is not timed). One warm-up update (run under the FLOP counter), then --iters timed
-updates.
+latent_combo.world_model's to_torch (data loading is not timed). One warm-up update (run under the FLOP
+counter), then --iters timed updates.
 
 GFLOP/s = FLOPs of one forward + backward (counted by torch.utils.flop_counter.FlopCounterMode: matmuls
 and convolutions) / seconds per update, compared with the fp32 matmul peak measured in the same run

@@ -69,7 +69,7 @@ class Agent(nn.Module):
         loss.backward()
         self.critic_opt.step()
         soft_update(self.target_critic, self.critic, self.cfg.tau)
-        metrics["critic_loss"] = loss.item()
+        metrics["critic_loss"] = loss.detach()
         return metrics
 
     def update_actor(self, states: torch.Tensor):

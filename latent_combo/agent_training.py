@@ -6,7 +6,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -16,7 +15,7 @@ from latent_combo.config import Config, to_dict
 from latent_combo.evaluate import evaluate
 from latent_combo.latent import TransitionBuffer, encode_dataset, rollout
 from latent_combo.runs import load_checkpoint, save_checkpoint
-from latent_combo.utils import check_finite, rng_state, seed_everything, set_rng_state
+from latent_combo.utils import FiniteCheck, rng_state, seed_everything, set_rng_state, synced
 
 
 def real_transitions(cfg: Config, wm, dataset, run_dir: Path, device) -> dict:
@@ -52,27 +51,31 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         agent.load_state_dict(ckpt["agent"])
         for name, opt in agent.optimisers().items():
             opt.load_state_dict(ckpt[name])
-        if model_buf is not None:
+        if model_buf is not None and "model_buffer" in ckpt:
             model_buf.load_state_dict(ckpt["model_buffer"])
         set_rng_state(ckpt["rng"])
         start, history = ckpt["step"], ckpt["history"]
         metrics = ckpt.get("last_metrics", {})
-        reg_tail.extend(ckpt.get("regulariser_tail", []))
+        reg_tail.extend(torch.tensor(v, device=device) for v in ckpt.get("regulariser_tail", []))
         if start < c.steps:
             print(f"agent: resuming at step {start}")
     stop = min(steps or c.steps, c.steps)
+    if model_buf is not None and ckpt is not None and "model_buffer" not in ckpt and start < stop:
+        refill_model_buffer(wm, agent.actor, real, model_buf, c, cfg.algo, device)
 
     def save(step):
+        tail = torch.stack(list(reg_tail)).tolist() if reg_tail else []
         state = {"agent": agent.state_dict(), "step": step, "rng": rng_state(), "history": history,
-                 "last_metrics": metrics, "regulariser_tail": list(reg_tail), "config": to_dict(cfg),
+                 "last_metrics": synced(metrics), "regulariser_tail": tail, "config": to_dict(cfg),
                  **{k: o.state_dict() for k, o in agent.optimisers().items()}}
-        if model_buf is not None:
+        if model_buf is not None and c.save_model_buffer:
             state["model_buffer"] = model_buf.state_dict()
         save_checkpoint(state, run_dir / "agent.pt")
 
     n_real = c.batch if not agent.uses_rollouts else int(round(c.batch * agent.real_ratio))
     lompo_lambda = c.lompo_lambda if cfg.algo == "lompo" else 0.0
     bar = tqdm(range(start + 1, stop + 1), desc=f"agent ({cfg.algo})", initial=start, total=stop, mininterval=2)
+    finite = FiniteCheck(f"agent ({cfg.algo})", every_step=device.type == "cpu")
     t0 = time.time()
     for step in bar:
         if agent.uses_rollouts and (step - 1) % c.rollout_every == 0:
@@ -83,11 +86,15 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         real_batch = real.sample(n_real)
         model_batch = model_buf.sample(c.batch - n_real) if agent.uses_rollouts else None
         metrics = agent.update(real_batch, model_batch)
-        check_finite(metrics, f"agent ({cfg.algo})", step)
+        finite.add(metrics, step)
         if "regulariser" in metrics:
             reg_tail.append(metrics["regulariser"])
-            metrics["regulariser_tail_mean"] = float(np.mean(reg_tail))
+        if step % c.log_every == 0 or step == stop or step % c.checkpoint_every == 0:
+            finite.check(step)  # before any save: a non-finite step is never checkpointed
         if step % c.log_every == 0 or step == stop:
+            if reg_tail:
+                metrics["regulariser_tail_mean"] = torch.stack(list(reg_tail)).double().mean()
+            metrics = synced(metrics)
             log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step)
             metrics["updates_per_s"] = (step - start) / (time.time() - t0)
             writer.add_scalar("train/agent_updates_per_s", metrics["updates_per_s"], step)
@@ -99,12 +106,25 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
                                       record=cfg.obs == "image", max_steps=cfg.eval_max_steps)
             log_eval(writer, result, frames, step)
             history.append({"step": step, **{k: v for k, v in result.items() if k != "eval_returns"},
-                            "regulariser": metrics.get("regulariser")})
+                            "regulariser": synced(metrics).get("regulariser")})
         if step % c.checkpoint_every == 0 or step == stop:
             save(step)
     agent.history = history
     agent.last_metrics = metrics
     return agent
+
+
+def refill_model_buffer(wm, actor, real, model_buf, c, algo: str, device) -> None:
+    """A checkpoint saved without its model buffer (`agent.save_model_buffer=false`): refill the buffer with
+    rollouts of the resumed policy, on a forked RNG so that training's own random stream is the saved one.
+    The resumed run then differs from an uninterrupted one, whose buffer also held older policies' rollouts."""
+    lompo_lambda = c.lompo_lambda if algo == "lompo" else 0.0
+    refreshes = -(-c.model_buffer // (c.rollout_batch * c.rollout_length))
+    print(f"agent: refilling the model buffer ({refreshes} rollout refreshes of the resumed policy)")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(refreshes):
+            batch, _ = rollout(wm, actor, real.sample(c.rollout_batch)["state"], c.rollout_length, lompo_lambda)
+            model_buf.add(batch)
 
 
 def log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step):

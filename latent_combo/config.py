@@ -42,6 +42,10 @@ class WorldModelConfig:
     """Weight of the reward log-likelihood."""
     obs_scale: float = 1.0
     """Weight of the observation (image or state) log-likelihood."""
+    augment_shift: int = 0
+    """Random-shift augmentation (DrQ) of the encoder's input in training: each frame padded by this many
+    pixels (edge replicated) and cropped back at a random offset; the decoder still reconstructs the
+    unshifted frame. 0: off. Images only."""
     batch: int = 64
     """Sequences per world-model update."""
     length: int = 50
@@ -94,6 +98,9 @@ class AgentConfig:
     eval_every: int = 10_000
     eval_episodes: int = 5
     checkpoint_every: int = 5_000
+    save_model_buffer: bool = True
+    """Keep the model-rollout buffer in agent.pt: resume is then exact (on CPU) but each checkpoint rewrites
+    it (650 MB at the paper's 250k transitions). False: it is refilled by rollouts of the resumed policy."""
     log_every: int = 250
 
 
@@ -111,11 +118,15 @@ class Config:
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda[:N]'."""
+    precision: str = "auto"
+    """'auto': the world model under bf16 autocast on CUDA, fp32 on CPU; the agent is fp32 (TF32 matmuls
+    on CUDA) everywhere. 'fp32' or 'bf16' force one."""
     logdir: str = "runs"
     threads: int = 0
     """torch CPU threads; 0 leaves torch's default."""
     default_episodes: int = 20
-    """Episodes in a dataset built on the fly when the named flavour is missing under data/."""
+    """Episodes in a dataset built on the fly when the named flavour is missing under data/ (0: never build one;
+    a missing dataset is an error naming the collect command)."""
     final_eval_episodes: int = 10
     eval_max_steps: int = 0
     """Cut evaluation episodes to this many agent steps (0: the env's full episode); for smoke tests."""

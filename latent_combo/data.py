@@ -212,11 +212,15 @@ class OfflineDataset:
             self._valid_starts[length] = np.concatenate(parts)
         return self._valid_starts[length]
 
+    def window_rows(self, batch: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        """Row indices (B, L) of `batch` windows of `length` consecutive rows, uniform over valid windows."""
+        starts = self.valid_starts(length)
+        return starts[rng.integers(0, len(starts), batch)][:, None] + np.arange(length)
+
     def sample_sequences(self, batch: int, length: int, rng: np.random.Generator,
                          keys=None) -> dict[str, np.ndarray]:
         """`batch` windows of `length` consecutive rows, uniformly over valid windows: {key: (B, L, ...)}."""
-        starts = self.valid_starts(length)
-        idx = starts[rng.integers(0, len(starts), batch)][:, None] + np.arange(length)
+        idx = self.window_rows(batch, length, rng)
         return {k: v[idx] for k, v in self.arrays.items() if keys is None or k in keys}
 
     def episode(self, i: int) -> dict[str, np.ndarray]:

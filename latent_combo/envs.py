@@ -10,6 +10,8 @@ import os
 import warnings
 
 # EGL renders headless without an X server; must be set before mujoco is first imported.
+# `check_rendering` falls back to OSMesa where EGL cannot render (a GPU container without NVIDIA's EGL).
+_USER_GL = os.environ.get("MUJOCO_GL")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
@@ -24,6 +26,56 @@ def check_env_id(env_id: str) -> str:
     if env_id not in ENV_IDS:
         raise ValueError(f"unknown env id {env_id!r}; valid ids: {', '.join(ENV_IDS)}")
     return env_id
+
+
+_RENDER_PROBE = ("import mujoco; r = mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8); "
+                 "r.render(); r.close()")
+_checked_gl: str | None = None
+
+
+def _renders(backend: str) -> bool:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUJOCO_GL": backend}
+    if backend == "osmesa":
+        env["PYOPENGL_PLATFORM"] = "osmesa"
+    try:
+        return subprocess.run([sys.executable, "-c", _RENDER_PROBE], env=env, capture_output=True,
+                              timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _egl_loaded() -> bool:
+    import sys
+
+    return any(m.startswith("mujoco.egl") for m in sys.modules)
+
+
+def check_rendering() -> str:
+    """The offscreen GL backend, checked once at start-up (in a subprocess, so a failing backend leaves
+    this process clean) rather than at the first evaluation after a whole world-model stage. A backend
+    named in MUJOCO_GL by the user is kept; otherwise EGL, or OSMesa with one line saying so where EGL
+    cannot render. Neither: an error naming the packages."""
+    global _checked_gl
+    if _checked_gl is None:
+        if _USER_GL is not None:
+            _checked_gl = _USER_GL
+        elif _renders("egl"):
+            _checked_gl = "egl"
+        elif _renders("osmesa"):
+            if _egl_loaded():
+                raise RuntimeError("EGL cannot render here and mujoco already loaded it: rerun with "
+                                   "MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa")
+            os.environ["MUJOCO_GL"] = "osmesa"
+            os.environ["PYOPENGL_PLATFORM"] = "osmesa"
+            print("rendering: EGL cannot render here; using OSMesa (software, slower)")
+            _checked_gl = "osmesa"
+        else:
+            raise RuntimeError("offscreen rendering: neither EGL nor OSMesa works; install libegl1 libgl1-mesa-dri "
+                               "libosmesa6 (`make setup` does it as root) or set MUJOCO_GL")
+    return _checked_gl
 
 
 def _fast_render_settings(model) -> None:

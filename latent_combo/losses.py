@@ -1,5 +1,8 @@
 """Actor-critic losses as pure functions: tensors and modules in, (scalar, metrics) out.
 
+Metrics are detached 0-d tensors, not floats: reading a value forces a host-device sync, so the
+training loops read them only on log steps (utils.synced).
+
 Shared by the latent COMBO agent (and its baselines) and the state-based behaviour SAC.
 Notation follows the COMBO paper, Section 3: eq. 2 (critic) and eq. 3 (actor).
 """
@@ -26,7 +29,7 @@ def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float)
         target = batch["reward"] + gamma * batch["discount"] * (next_q - alpha * next_logp)
     q = critic(batch["state"], batch["action"])  # (K, N)
     loss = 0.5 * ((q - target) ** 2).mean(1).sum()
-    metrics = {"q_mean": q.mean().item(), "td_target": target.mean().item(), "bellman": loss.item()}
+    metrics = {"q_mean": q.detach().mean(), "td_target": target.mean(), "bellman": loss.detach()}
     return loss, metrics, q
 
 
@@ -66,9 +69,8 @@ def conservative_penalty(critic, actor, push_down_states, data_states, data_acti
     penalty = (pushed_down - pushed_up).sum()
     # The regulariser E_rho[Q] - E_D[Q] drives offline hyperparameter selection; logged in the plain
     # form of eq. 2 whichever form is optimised, so runs are comparable.
-    return penalty, {"penalty": penalty.item(), "q_rho": q_rho.mean().item(),
-                     "q_data": pushed_up.mean().item(),
-                     "regulariser": (q_rho - pushed_up.detach()).mean().item()}
+    return penalty, {"penalty": penalty.detach(), "q_rho": q_rho.mean(), "q_data": pushed_up.detach().mean(),
+                     "regulariser": (q_rho - pushed_up.detach()).mean()}
 
 
 def actor_loss(actor, critic, alpha, states):
@@ -76,16 +78,16 @@ def actor_loss(actor, critic, alpha, states):
     action, logp = actor.sample(states)
     q = critic(states, action).min(0).values
     loss = (alpha * logp - q).mean()
-    return loss, {"actor": loss.item(), "entropy": -logp.mean().item(), "q_policy": q.mean().item()}, logp
+    return loss, {"actor": loss.detach(), "entropy": -logp.detach().mean(), "q_policy": q.detach().mean()}, logp
 
 
 def alpha_loss(log_alpha, logp, target_entropy: float):
     """Tune alpha so that the policy entropy tracks `target_entropy`."""
     loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
-    return loss, {"alpha": log_alpha.exp().item(), "alpha_loss": loss.item()}
+    return loss, {"alpha": log_alpha.detach().exp(), "alpha_loss": loss.detach()}
 
 
 def bc_loss(actor, states, actions):
     """Maximum likelihood of dataset actions."""
     loss = -actor.log_prob(states, actions).mean()
-    return loss, {"bc_nll": loss.item()}
+    return loss, {"bc_nll": loss.detach()}

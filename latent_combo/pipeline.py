@@ -17,10 +17,10 @@ import yaml
 from latent_combo.agent_training import log_eval, real_transitions, train_agent
 from latent_combo.config import to_dict
 from latent_combo.data import OfflineDataset
-from latent_combo.envs import SUCCESS_ENVS
+from latent_combo.envs import SUCCESS_ENVS, check_rendering
 from latent_combo.evaluate import evaluate
 from latent_combo.runs import DatasetBuilder, dataset_dir, run_dir_for, save_config
-from latent_combo.utils import atomic_write_text, pick_device, seed_everything
+from latent_combo.utils import atomic_write_text, configure_device, pick_device, seed_everything
 from latent_combo.world_model_training import build_world_model, probe_world_model, train_world_model
 
 
@@ -33,6 +33,9 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
 
     t0 = time.time()
     device = pick_device(cfg.device)
+    configure_device(device)
+    if cfg.obs == "image" and not world_model_only:
+        check_rendering()  # now, not at the first evaluation after the whole world-model stage
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data_path = dataset_dir(cfg, build_dataset)

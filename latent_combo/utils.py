@@ -17,6 +17,28 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    """The world model's autocast context: bf16 on CUDA under "auto" (convolutions and matmuls in bf16,
+    reductions and losses in fp32, as torch.autocast assigns them); plain fp32 on CPU, where bf16 ran
+    28x slower. "bf16" forces it anywhere, "fp32" turns it off."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def configure_device(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on CUDA (fp32 storage, 10-bit-mantissa products, fp32 sums): the
+    agent's fp32 updates run on tensor cores; no effect on CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -67,11 +89,55 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def check_finite(metrics: dict, stage: str, step: int) -> None:
-    bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
-    if bad:
-        raise NonFiniteLoss(f"{stage}: non-finite {', '.join(bad)} at step {step}; stopping. The last good "
+def synced(metrics: dict) -> dict:
+    """Tensor metrics -> Python floats with a single host-device transfer; other values pass through."""
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    if not keys:
+        return dict(metrics)
+    values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist()
+    return {**metrics, **dict(zip(keys, values))}
+
+
+class FiniteCheck:
+    """Watches every step's metrics for NaN / inf without a host-device sync per step: the flags are
+    accumulated on the device and read by `check`, which the loops call on log and checkpoint steps (on
+    CPU, where reading is free, every step). Nothing non-finite is ever checkpointed."""
+
+    def __init__(self, stage: str, every_step: bool):
+        self.stage, self.every_step = stage, every_step
+        self.bad, self.first = None, None
+
+    def add(self, metrics: dict, step: int) -> None:
+        tensors = {k: v for k, v in metrics.items() if torch.is_tensor(v)}
+        floats = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
+        if floats:
+            self._raise(floats, step)
+        if tensors:
+            if self.bad is not None and self.keys != list(tensors):
+                self.check(step)  # another set of metrics: settle the old one first
+            flags = ~torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in tensors.values()]))
+            self.bad = flags if self.bad is None else self.bad | flags
+            self.keys = list(tensors)
+            if self.first is None:
+                self.first = step
+            if self.every_step:
+                self.check(step)
+
+    def check(self, step: int) -> None:
+        bad, first, self.bad, self.first = self.bad, self.first, None, None
+        if bad is not None and bool(bad.any()):
+            self._raise([k for k, b in zip(self.keys, bad.tolist()) if b], step,
+                        since=None if self.every_step else first)
+
+    def _raise(self, keys, step, since=None):
+        when = f"at step {step}" if since is None or since == step else f"between steps {since} and {step}"
+        raise NonFiniteLoss(f"{self.stage}: non-finite {', '.join(keys)} {when}; stopping. The last good "
                             "checkpoint in the run folder is intact (lower the learning rate or check the data).")
+
+
+def check_finite(metrics: dict, stage: str, step: int) -> None:
+    """Immediate form of FiniteCheck for one step's metrics."""
+    FiniteCheck(stage, every_step=True).add(metrics, step)
 
 
 def flatten(d: dict, prefix: tuple = ()) -> dict:

@@ -83,10 +83,12 @@ class WorldModel(nn.Module):
             return batch["image"].permute(0, 1, 4, 2, 3).float() / 255.0 - 0.5
         return (batch["state"] - self.state_mean) / self.state_std
 
-    def embed(self, target: torch.Tensor) -> torch.Tensor:
+    def embed(self, target: torch.Tensor, augment: bool = False) -> torch.Tensor:
         B, T = target.shape[:2]
         x = target.flatten(0, 1)
         if self.obs == "image":
+            if augment and self.cfg.augment_shift > 0:
+                x = random_shift(x, self.cfg.augment_shift)
             x = x.contiguous(memory_format=torch.channels_last)
         return self.encoder(x).reshape(B, T, -1)
 
@@ -100,7 +102,7 @@ class WorldModel(nn.Module):
         """Negative ELBO on a (B, T) batch of tensors. Returns (scalar, metrics, posterior states)."""
         cfg = self.cfg
         target = self.target(batch)
-        post = self.rssm.observe(self.embed(target), batch["action"], batch["is_first"])
+        post = self.rssm.observe(self.embed(target, augment=True), batch["action"], batch["is_first"])
         losses = {}
         # Observation log-likelihood: unit-variance Gaussian, summed over pixels / state dims.
         recon = self.decode(post["feat"])
@@ -110,9 +112,10 @@ class WorldModel(nn.Module):
         losses["kl"], kl_per_head = self.rssm.kl_loss(post, cfg.kl_free, cfg.kl_balance)
         weights = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "kl": cfg.kl_scale}
         total = sum(weights[k] * v for k, v in losses.items())
-        metrics = {f"wm/{k}": v.item() for k, v in losses.items()}
-        metrics.update({f"wm/kl_head{k}": v.item() for k, v in enumerate(kl_per_head)})
-        metrics["wm/post_std"] = post["post_std"].mean().item()
+        # Detached 0-d tensors: read on log steps only (a read is a host-device sync).
+        metrics = {f"wm/{k}": v.detach() for k, v in losses.items()}
+        metrics.update({f"wm/kl_head{k}": v for k, v in enumerate(kl_per_head)})
+        metrics["wm/post_std"] = post["post_std"].detach().mean()
         return total, metrics, post
 
     # ----- open-loop prediction (TensorBoard report) ----------------------------------------------
@@ -132,11 +135,43 @@ class WorldModel(nn.Module):
         return target, model, err
 
 
+def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """(N, C, H, W) -> the same shape, each image shifted by up to `pad` pixels each way (edges replicated)."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    offset = torch.randint(0, 2 * pad + 1, (n, 2), device=x.device)
+    rows = offset[:, :1] + torch.arange(h, device=x.device)  # (N, H)
+    cols = offset[:, 1:] + torch.arange(w, device=x.device)  # (N, W)
+    frames = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[frames, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
 def state_normaliser(dataset) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     if dataset.state_dim is None:
         return None, None
     s = dataset.arrays["state"]
     return s.mean(0), s.std(0) + 1e-3
+
+
+class WindowSampler:
+    """Training windows as tensors on `device`. On CUDA the dataset's arrays (uint8 frames included,
+    about 1.2 GB per 100k 64px frames) live on the GPU and windows are gathered there, so the GPU never
+    waits on a host copy; on CPU it is numpy indexing. Either way the rows come from the same numpy
+    generator, so the windows are the same on every device."""
+
+    def __init__(self, dataset, keys, device):
+        self.dataset, self.keys, self.device = dataset, tuple(keys), torch.device(device)
+        self.arrays = None
+        if self.device.type == "cuda":
+            self.arrays = to_torch({k: dataset.arrays[k] for k in self.keys}, self.device)
+
+    def sample(self, batch: int, length: int, rng: np.random.Generator) -> dict:
+        rows = self.dataset.window_rows(batch, length, rng)
+        if self.arrays is None:
+            return to_torch({k: self.dataset.arrays[k][rows] for k in self.keys}, self.device)
+        idx = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        return {k: v[idx] for k, v in self.arrays.items()}
 
 
 def to_torch(batch: dict, device) -> dict:

@@ -15,8 +15,16 @@ from latent_combo.config import Config, to_dict
 from latent_combo.data import OfflineDataset
 from latent_combo.probe import format_probe, run_probe
 from latent_combo.runs import load_checkpoint, save_checkpoint
-from latent_combo.utils import atomic_write_text, check_finite, rng_state, seed_everything, set_rng_state
-from latent_combo.world_model import WorldModel, state_normaliser, to_torch
+from latent_combo.utils import (
+    FiniteCheck,
+    atomic_write_text,
+    autocast,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    synced,
+)
+from latent_combo.world_model import WindowSampler, WorldModel, state_normaliser, to_torch
 
 
 def build_world_model(cfg: Config, dataset: OfflineDataset, device) -> WorldModel:
@@ -54,16 +62,22 @@ def train_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
                      "config": to_dict(cfg)}, run_dir / "wm.pt")
 
     bar = tqdm(range(start + 1, stop + 1), desc="world model", initial=start, total=stop, mininterval=2)
+    finite = FiniteCheck("world model", every_step=device.type == "cpu")
+    windows = WindowSampler(dataset, keys, device)
     t0 = time.time()
     for step in bar:
-        batch = to_torch(dataset.sample_sequences(c.batch, c.length, sampler, keys), device)
-        loss, metrics, _ = wm.loss(batch)
-        check_finite({**metrics, "wm/total": loss.item()}, "world model", step)
+        batch = windows.sample(c.batch, c.length, sampler)
+        with autocast(device, cfg.precision):
+            loss, metrics, _ = wm.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["wm/grad_norm"] = torch.nn.utils.clip_grad_norm_(wm.parameters(), c.grad_clip).item()
+        metrics["wm/grad_norm"] = torch.nn.utils.clip_grad_norm_(wm.parameters(), c.grad_clip)
         opt.step()
+        finite.add({**metrics, "wm/total": loss.detach()}, step)
+        if step % c.log_every == 0 or step == stop or step % c.checkpoint_every == 0:
+            finite.check(step)  # before any save: a non-finite step is never checkpointed
         if step % c.log_every == 0 or step == stop:
+            metrics = synced(metrics)
             metrics["wm/updates_per_s"] = (step - start) / (time.time() - t0)
             report.log_scalars(writer, {k: v for k, v in metrics.items() if "updates_per_s" not in k}, step, "loss/")
             writer.add_scalar("train/wm_updates_per_s", metrics["wm/updates_per_s"], step)

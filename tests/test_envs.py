@@ -67,3 +67,23 @@ def test_sawyer_image_is_upright():
 def test_unknown_env_lists_valid_ids():
     with pytest.raises(ValueError, match="walker-walk.*sawyer-door"):
         make_env("cheetah-run")
+
+
+def test_rendering_falls_back_from_egl_to_osmesa(monkeypatch, capsys):
+    import latent_combo.envs as E
+
+    monkeypatch.setattr(E, "_USER_GL", None)
+    monkeypatch.setattr(E, "_checked_gl", None)
+    monkeypatch.setattr(E, "_renders", lambda backend: backend == "osmesa")
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)  # restored after the test
+    monkeypatch.setattr(E, "_egl_loaded", lambda: False)
+    assert E.check_rendering() == "osmesa"
+    assert "using OSMesa" in capsys.readouterr().out
+    assert __import__("os").environ["MUJOCO_GL"] == "osmesa"
+
+
+def test_rendering_check_finds_a_working_backend_here():
+    import latent_combo.envs as E
+
+    assert E._renders("egl") or E._renders("osmesa")

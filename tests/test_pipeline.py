@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from latent_combo.cli import main as cli
 from latent_combo.config import ALGOS, resolve
@@ -146,3 +147,42 @@ def test_resume_refuses_a_changed_hyperparameter_but_not_a_changed_thread_count(
     save_config(resolve("debug", overrides={"threads": 1, "device": "cpu"}), tmp_path)
     with pytest.raises(ValueError, match=r"different config \(differs in \['agent'\]\)"):
         save_config(resolve("debug", overrides={"agent.beta": 5.0}), tmp_path)
+
+
+def test_paper_preset_smoke_on_cpu(tmp_path):
+    """The GPU preset's network sizes, batch length, penalty and rollout settings, for two world-model and
+    two agent updates on CPU: catches preset, shape and device bugs without a GPU."""
+    from conftest import random_policy_dataset
+
+    data = random_policy_dataset("walker-walk", tmp_path / "walker", episodes=2, steps=60)
+    args = ["train", "--dataset", str(data), "--preset", "paper", "--device", "cpu", "--logdir", str(tmp_path),
+            "wm.steps=2", "wm.batch=2", "agent.steps=2", "agent.model_buffer=25000", "final_eval_episodes=1",
+            "eval_max_steps=5"]
+    assert cli(args) == 0
+    run = tmp_path / "walker-walk" / "walker" / "combo-image-paper-s0"
+    results = json.loads((run / "results.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["wm"]["deter"] == 256 and cfg["wm"]["length"] == 50 and cfg["agent"]["rollout_batch"] == 5000
+    assert results["probe"]["state_r2"] is not None and results["eval_episodes"] == 1
+    assert "model_buffer" not in torch.load(run / "agent.pt", weights_only=True)  # paper: not rewritten
+
+
+def test_paper_preset_refuses_a_missing_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["train", "--preset", "paper", "--dataset", "medium"]) == 2
+    assert "make collect-walker" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_agent_resumes_without_a_saved_model_buffer(env_datasets, world_models, tmp_path, capsys):
+    args = ["train", "--dataset", str(env_datasets["walker-walk"]), "--preset", "debug", "--logdir", str(tmp_path),
+            "--world-model", str(world_models["walker-walk"]), "agent.save_model_buffer=false"]
+    assert cli(args) == 0
+    run = tmp_path / "walker-walk" / env_datasets["walker-walk"].name / "combo-image-debug-s0"
+    ckpt = torch.load(run / "agent.pt", weights_only=True)
+    assert "model_buffer" not in ckpt
+    ckpt["step"] = 3  # as if killed after the first checkpoint
+    torch.save(ckpt, run / "agent.pt")
+    capsys.readouterr()
+    assert cli(args) == 0
+    assert "refilling the model buffer" in capsys.readouterr().out

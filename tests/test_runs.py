@@ -63,3 +63,15 @@ def test_checkpoints_round_trip_plain_data_and_rng_state(tmp_path):
 def test_plain_names_what_cannot_be_saved():
     with pytest.raises(TypeError, match=r"ckpt\['opt'\]\[0\]: Payload"):
         plain({"opt": [Payload("x")]}, "ckpt")
+
+
+def test_deferred_finite_check_reports_the_term_and_the_steps():
+    from latent_combo.utils import FiniteCheck, NonFiniteLoss
+
+    check = FiniteCheck("agent", every_step=False)
+    check.add({"q": torch.tensor(1.0), "actor": torch.tensor(2.0)}, 1)
+    check.add({"q": torch.tensor(float("nan")), "actor": torch.tensor(2.0)}, 2)  # no sync, no raise yet
+    with pytest.raises(NonFiniteLoss, match=r"agent: non-finite q between steps 1 and 3"):
+        check.add({"q": torch.tensor(0.0), "actor": torch.tensor(2.0)}, 3)
+        check.check(3)
+    check.check(4)  # settled: nothing pending

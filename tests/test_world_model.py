@@ -148,3 +148,51 @@ def test_non_finite_loss_stops_with_step_and_term(tmp_path, tiny_dataset):
     with pytest.raises(NonFiniteLoss, match=r"non-finite .*wm/.* at step 1"):
         wm_run(tmp_path, tiny_dataset, steps=4, obs_scale=float("inf"))
     assert not (tmp_path / "run" / "wm.pt").exists()  # nothing bad was checkpointed
+
+
+def test_random_shift_moves_each_frame_by_at_most_pad():
+    from latent_combo.world_model import random_shift
+
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    torch.manual_seed(0)
+    y = random_shift(x, 2)
+    assert y.shape == x.shape
+    for i in range(2):
+        # Interior pixels equal the original at one offset in [-2, 2]^2, the same for every channel.
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(y[i, :, 2:-2, 2:-2], x[i, :, 2 + dy:14 + dy, 2 + dx:14 + dx])]
+        assert len(found) == 1
+
+
+def test_metrics_read_on_log_steps_equal_an_eager_per_step_loop(tmp_path, tiny_dataset):
+    """The loop keeps metrics as tensors and reads them on log steps only; the values it logs are those
+    a loop reading `.item()` after every step sees."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from latent_combo.utils import seed_everything
+
+    _, ds, run = wm_run(tmp_path, tiny_dataset, steps=4)
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    logged = {e.step: e.value for e in acc.Scalars("loss/wm/obs")}
+    assert sorted(logged) == [2, 4]
+
+    cfg = tiny_cfg(steps=4)
+    mean, std = state_normaliser(ds)
+    torch.manual_seed(0)
+    model = WorldModel(cfg.wm, cfg.obs, ds.action_dim, ds.state_dim, mean, std)
+    opt = torch.optim.Adam(model.parameters(), cfg.wm.lr, eps=1e-5)
+    sampler = np.random.default_rng(cfg.seed)
+    seed_everything(cfg.seed)
+    eager = {}
+    for step in range(1, 5):
+        batch = to_torch(ds.sample_sequences(cfg.wm.batch, cfg.wm.length, sampler,
+                                             ("image", "action", "reward", "is_first")), "cpu")
+        loss, metrics, _ = model.loss(batch)
+        eager[step] = metrics["wm/obs"].item()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.wm.grad_clip)
+        opt.step()
+    for step, value in logged.items():
+        assert value == pytest.approx(eager[step], rel=1e-6)
