@@ -95,6 +95,22 @@ def base_values(a) -> dict:
     return {".".join(path): value for path, value in flatten(cfg).items()}
 
 
+PROBE_KEYS = ("state_r2", "open_loop_r2_h1", "open_loop_r2_h5", "open_loop_r2_h15", "separability")
+
+
+def print_probes(rows: list[dict], first_algo: str) -> dict:
+    """The world model's probe figures (latent_combo.probe), one world model per seed, mean ± interval."""
+    probes = [r["probe"] for r in rows if r["algo"] == first_algo and "state_r2" in (r.get("probe") or {})]
+    if not probes:
+        return {}
+    out = {k: {"mean": float(np.mean([p[k] for p in probes])), "ci95": ci95([p[k] for p in probes]),
+               "per_seed": [p[k] for p in probes]} for k in PROBE_KEYS if all(k in p for p in probes)}
+    print("\nworld model probe (held-out episodes; one world model per seed)")
+    for k, v in out.items():
+        print(f"  {k:<18} {v['mean']:.3f} ±{v['ci95']:.3f}   per seed {' '.join(f'{x:.3f}' for x in v['per_seed'])}")
+    return out
+
+
 def print_sweep(rows: list[dict], key: str) -> list[dict]:
     """The offline rule's pick against the evaluated best, over the sweep's settings."""
     table = {}
@@ -172,10 +188,12 @@ def main(argv=None):
         per_seed = " ".join(f"{s:.1f}" for s in scores)
         reg = "-" if row["regulariser"] is None else f"{row['regulariser']:.3f}"
         print(f"{algo:<7} {row['mean']:>8.1f} ±{row['ci95']:<6.1f} {per_seed:<28} {reg:>12} {row['wall_s']:>7.0f}s")
+    probes = print_probes(rows, a.algos[0])
     sweep = print_sweep(sweep_rows, key) if sweep_rows else []
     out, name = Path(a.logdir), "quality-sweep" if a.settings else "quality"
     (out / f"{name}.json").write_text(json.dumps({"args": vars(a), "dataset": stats, "table": table,
-                                                  "sweep": sweep, "runs": rows + sweep_rows}, indent=1))
+                                                  "probe": probes, "sweep": sweep, "runs": rows + sweep_rows},
+                                                 indent=1))
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["algo", "mean", "ci95", "regulariser", "wall_s"], extrasaction="ignore")
         w.writeheader()

@@ -42,6 +42,9 @@ class WorldModelConfig:
     """Weight of the reward log-likelihood."""
     obs_scale: float = 1.0
     """Weight of the observation (image or state) log-likelihood."""
+    inverse_scale: float = 0.0
+    """Weight of an inverse-dynamics loss: a_t predicted from the encoder's embeddings of frames t-2..t
+    (world_model.inverse_dynamics_loss). 0: off (no head)."""
     augment_shift: int = 0
     """Random-shift augmentation (DrQ) of the encoder's input in training: each frame padded by this many
     pixels (edge replicated) and cropped back at a random offset; the decoder still reconstructs the

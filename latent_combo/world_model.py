@@ -46,6 +46,8 @@ class ConvDecoder(nn.Module):
         first = self.deconvs[0]
         x = self.fc(feat) @ first.weight.flatten(1)
         x = F.elu(x.view(-1, *first.weight.shape[1:]) + first.bias.view(1, -1, 1, 1))
+        # channels_last (as the weights, see WorldModel): the transposed convs ran ~15% faster on CPU.
+        x = x.contiguous(memory_format=torch.channels_last)
         for i, deconv in enumerate(self.deconvs[1:]):
             x = deconv(x)
             if i < len(self.deconvs) - 2:
@@ -71,8 +73,16 @@ class WorldModel(nn.Module):
             self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32))
         self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.stoch, cfg.hidden, cfg.ensemble, cfg.min_std)
         feat = self.rssm.feat_dim
-        self.decoder = ConvDecoder(feat, cfg.depth) if obs == "image" else mlp(feat, cfg.hidden, state_dim, 2)
+        if obs == "image":
+            self.decoder = ConvDecoder(feat, cfg.depth).to(memory_format=torch.channels_last)
+            self.encoder.to(memory_format=torch.channels_last)
+        else:
+            self.decoder = mlp(feat, cfg.hidden, state_dim, 2)
         self.reward = mlp(feat, cfg.hidden, 1, 2)
+        if cfg.inverse_scale > 0:
+            # Inverse dynamics: a_t from the embeddings of frames t-2, t-1, t (the action changes velocities,
+            # which take two frame differences to see); it asks the encoder for the joints' configuration.
+            self.inverse = mlp(3 * embed, cfg.hidden, action_dim, 2)
         self.cfg = cfg
 
     # ----- observations -------------------------------------------------------------------------
@@ -102,7 +112,8 @@ class WorldModel(nn.Module):
         """Negative ELBO on a (B, T) batch of tensors. Returns (scalar, metrics, posterior states)."""
         cfg = self.cfg
         target = self.target(batch)
-        post = self.rssm.observe(self.embed(target, augment=True), batch["action"], batch["is_first"])
+        embed = self.embed(target, augment=True)
+        post = self.rssm.observe(embed, batch["action"], batch["is_first"])
         losses = {}
         # Observation log-likelihood: unit-variance Gaussian, summed over pixels / state dims.
         recon = self.decode(post["feat"])
@@ -111,6 +122,9 @@ class WorldModel(nn.Module):
         losses["reward"] = 0.5 * ((self.reward(post["feat"]).squeeze(-1) - batch["reward"]) ** 2).mean()
         losses["kl"], kl_per_head = self.rssm.kl_loss(post, cfg.kl_free, cfg.kl_balance)
         weights = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "kl": cfg.kl_scale}
+        if cfg.inverse_scale > 0:
+            losses["inverse"] = inverse_dynamics_loss(self.inverse, embed, batch["action"], batch["is_first"])
+            weights["inverse"] = cfg.inverse_scale
         total = sum(weights[k] * v for k, v in losses.items())
         # Detached 0-d tensors: read on log steps only (a read is a host-device sync).
         metrics = {f"wm/{k}": v.detach() for k, v in losses.items()}
@@ -133,6 +147,15 @@ class WorldModel(nn.Module):
         model = torch.cat([self.decode(post["feat"]), self.decode(feats)], 1)
         err = ((model - target) ** 2).flatten(2).mean(-1)[:, context:]  # (B, T - context)
         return target, model, err
+
+
+def inverse_dynamics_loss(head, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
+    """1/2 squared error of head(e_{t-2}, e_{t-1}, e_t) against a_t, summed over action dims, on steps whose
+    three frames lie in one episode."""
+    x = torch.cat([embed[:, :-2], embed[:, 1:-1], embed[:, 2:]], -1)
+    valid = (~is_first[:, 1:-1] & ~is_first[:, 2:]).float()
+    err = 0.5 * ((head(x) - action[:, 2:]) ** 2).sum(-1)
+    return (err * valid).sum() / valid.sum().clamp(min=1)
 
 
 def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:

@@ -196,3 +196,12 @@ def test_metrics_read_on_log_steps_equal_an_eager_per_step_loop(tmp_path, tiny_d
         opt.step()
     for step, value in logged.items():
         assert value == pytest.approx(eager[step], rel=1e-6)
+
+
+def test_inverse_dynamics_loss_is_on_and_off_by_its_weight():
+    cfg = tiny_cfg()
+    wm = make_wm("image", dataclasses.replace(cfg, wm=dataclasses.replace(cfg.wm, inverse_scale=1.0)))
+    _, m, _ = wm.loss(make_batch())
+    assert torch.isfinite(m["wm/inverse"]) and m["wm/inverse"] > 0
+    assert "wm/inverse" not in make_wm("image").loss(make_batch())[1]
+    assert not hasattr(make_wm("image"), "inverse")  # no head: checkpoints of other configs unchanged
