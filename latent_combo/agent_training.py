@@ -34,8 +34,10 @@ def real_transitions(cfg: Config, wm, dataset, run_dir: Path, device) -> dict:
 
 
 def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, device,
-                steps: int | None = None) -> Agent:
-    """Agent updates with rollout refreshes, logging, evaluation and checkpoints; resumes from agent.pt."""
+                steps: int | None = None, on_log=None) -> Agent:
+    """Agent updates with rollout refreshes, logging, evaluation and checkpoints; resumes from agent.pt.
+    `on_log(step, metrics)`, if given, sees the float metrics of every log step and evaluation (a sweep
+    passes them on to Ray Tune)."""
     c = cfg.agent
     wm.requires_grad_(False)
     feat_dim, action_dim = transitions["state"].shape[1], transitions["action"].shape[1]
@@ -96,6 +98,8 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
                 metrics["regulariser_tail_mean"] = torch.stack(list(reg_tail)).double().mean()
             metrics = synced(metrics)
             log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step)
+            if on_log is not None:
+                on_log(step, {k: v for k, v in metrics.items() if isinstance(v, float)})
             metrics["updates_per_s"] = (step - start) / (time.time() - t0)
             writer.add_scalar("train/agent_updates_per_s", metrics["updates_per_s"], step)
             bar.set_postfix({k: f"{metrics[k]:.2f}" for k in ("q_mean", "regulariser", "bc_nll")
@@ -105,6 +109,8 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
             result, frames = evaluate(wm, agent.actor, cfg.env, c.eval_episodes, device, seed=10_000 + step,
                                       record=cfg.obs == "image", max_steps=cfg.eval_max_steps)
             log_eval(writer, result, frames, step)
+            if on_log is not None:
+                on_log(step, {k: v for k, v in result.items() if isinstance(v, float)})
             history.append({"step": step, **{k: v for k, v in result.items() if k != "eval_returns"},
                             "regulariser": synced(metrics).get("regulariser")})
         if step % c.checkpoint_every == 0 or step == stop:

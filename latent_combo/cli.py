@@ -1,4 +1,4 @@
-"""`latent-combo` command line: collect, train, eval, select, info, verify.
+"""`latent-combo` command line: collect, train, sweep, probe, eval, select, info, verify.
 
 The entry layer: the only place in latent_combo that imports data_collection (the dataset builders).
 """
@@ -84,6 +84,15 @@ def cmd_train(a) -> int:
     print()
     print(results_table([results]))
     print(f"\nresults: {results['run_dir']}/results.json   tensorboard: make tensorboard")
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from data_collection.collect import ensure_dataset
+    from latent_combo.sweep import prepare, run_sweep
+
+    prepare(a, ensure_dataset)
+    run_sweep(a)
     return 0
 
 
@@ -229,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="(default behaviour) continue from checkpoints")
     s.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. agent.beta=0.5 wm.steps=100")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sweep", help="algorithms x seeds x an agent grid as Ray Tune trials, then one table")
+    from latent_combo.sweep import add_arguments
+
+    add_arguments(s)
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("probe", help="does the world model see? state R², open-loop R², reward error, "
                                      "posterior-vs-prior separability")

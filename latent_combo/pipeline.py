@@ -25,10 +25,10 @@ from latent_combo.world_model_training import build_world_model, probe_world_mod
 
 
 def run(cfg, world_model_from: str | None = None, fresh: bool = False,
-        build_dataset: DatasetBuilder | None = None, world_model_only: bool = False) -> dict:
+        build_dataset: DatasetBuilder | None = None, world_model_only: bool = False, on_log=None) -> dict:
     """World model -> probe -> latent transitions -> agent -> final evaluation; writes results.json. A missing
     dataset is built by `build_dataset` (see runs.dataset_dir). `world_model_only` stops after the probe
-    and returns its figures."""
+    and returns its figures. `on_log(step, metrics)` sees the agent's logged metrics (agent_training)."""
     from torch.utils.tensorboard import SummaryWriter
 
     t0 = time.time()
@@ -58,6 +58,8 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
             raise FileNotFoundError(f"--world-model {world_model_from}: no wm.pt in that run folder")
         if not (run_dir / "wm.pt").exists():
             shutil.copy(src, run_dir / "wm.pt")
+            if (src.parent / "probe.json").exists():  # the same model's figures: not probed again
+                shutil.copy(src.parent / "probe.json", run_dir / "probe.json")
     train_world_model(cfg, wm, dataset, run_dir, writer, device)
     probe = probe_world_model(cfg, wm, dataset, run_dir, writer, device)
     if world_model_only:
@@ -66,7 +68,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     transitions = real_transitions(cfg, wm, dataset, run_dir, device)
     dataset_stats = dataset.stats()
     del dataset  # images are no longer needed; the agent works on latents
-    agent = train_agent(cfg, wm, transitions, run_dir, writer, device)
+    agent = train_agent(cfg, wm, transitions, run_dir, writer, device, on_log=on_log)
     result, frames = evaluate(wm, agent.actor, cfg.env, cfg.final_eval_episodes, device, seed=1_000_000,
                               record=cfg.obs == "image", max_steps=cfg.eval_max_steps)
     log_eval(writer, result, frames, cfg.agent.steps)

@@ -1,0 +1,244 @@
+"""`latent-combo sweep`: algorithms x seeds x a grid of agent settings as Ray Tune trials, then one table.
+
+Two Tune runs: first one world model per seed (`train --world-model-only`: the world model and its
+probe), then every agent trial of that seed starting from a copy of it, so the algorithms differ only in
+the agent. A trial is one `pipeline.run` in its own run folder; it reports the agent's logged metrics to
+Tune as it goes and, at the end, a Tune checkpoint holding the run's results.json and the run folder's
+path. Run folders resume from their own checkpoints, so a trial that dies is retried where it stopped
+(FailureConfig), and rerunning the same sweep skips every finished run. Ray is imported only here.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from latent_combo.evaluate import ci95
+
+# Which algorithms a grid key means something to; a key not listed applies to every algorithm but bc.
+RELEVANT = {"agent.beta": ("combo", "cql"), "agent.penalty_form": ("combo", "cql"),
+            "agent.penalty_actions": ("combo", "cql"), "agent.rho_dataset": ("combo",),
+            "agent.real_ratio": ("combo", "lompo", "lmbpo"), "agent.lompo_lambda": ("lompo",),
+            "agent.rollout_length": ("combo", "lompo", "lmbpo")}
+PROBE_KEYS = ("state_r2", "open_loop_r2_h1", "open_loop_r2_h5", "open_loop_r2_h15", "separability")
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """['agent.beta=0.1,0.3,1', ...] -> {'agent.beta': [0.1, 0.3, 1], ...}; agent keys only (a world-model
+    key would need one world model per setting: pass it as a key=value override instead)."""
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--grid {item!r}: expected key=v1,v2,..., e.g. agent.beta=0.1,0.3,1")
+        if not key.startswith("agent."):
+            raise ValueError(f"--grid {key}: only agent.* keys are swept over a shared world model; "
+                             "give world-model keys as key=value overrides")
+        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+    return grid
+
+
+def settings_for(algo: str, grid: dict[str, list]) -> list[dict]:
+    """The grid restricted to the keys that matter to `algo`: [{}] when none does."""
+    keys = [k for k in grid if algo in RELEVANT.get(k, ("combo", "cql", "lompo", "lmbpo"))]
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def setting_name(setting: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in setting.items()) or "preset"
+
+
+def trial_configs(a) -> tuple[list[dict], list[dict]]:
+    """The world-model trials (one per seed) and the agent trials (seed x algo x its settings)."""
+    base = {"env": a.env, "dataset": a.data_path, "obs": a.obs, "preset": a.preset, "overrides": a.overrides,
+            "threads": a.threads}
+    wms = [{**base, "phase": "world-model", "seed": s, "algo": a.algos[0], "setting": {},
+            "logdir": str(Path(a.logdir) / "world-models")} for s in a.seeds]
+    agents = [{**base, "phase": "agent", "seed": s, "algo": algo, "setting": st,
+               "logdir": str(Path(a.logdir) / setting_name(st)),
+               "world_model": run_folder(wms[i])}
+              for i, s in enumerate(a.seeds) for algo in a.algos for st in settings_for(algo, a.grid)]
+    return wms, agents
+
+
+def resolved(c: dict):
+    from latent_combo.config import parse_overrides, resolve
+
+    overrides = {**parse_overrides(c["overrides"]), **c["setting"], "algo": c["algo"], "seed": c["seed"],
+                 "obs": c["obs"], "dataset": c["dataset"], "logdir": c["logdir"]}
+    if c["threads"]:
+        overrides["threads"] = c["threads"]
+    return resolve(c["preset"], c["env"], overrides)
+
+
+def run_folder(c: dict) -> str:
+    from latent_combo.runs import run_dir_for
+
+    return str(run_dir_for(resolved(c), Path(c["dataset"])))
+
+
+def trial(c: dict) -> None:
+    """One Tune trial: a world model (phase 'world-model') or an agent run, reported to Tune."""
+    from ray import tune
+
+    from latent_combo.pipeline import run
+
+    folder = Path(run_folder(c))
+    if c["phase"] == "world-model":
+        probe = run(resolved(c), world_model_only=True)["probe"]
+        tune.report({k: v for k, v in probe.items() if isinstance(v, float)})
+        return
+    done = folder / "results.json"
+    results = json.loads(done.read_text()) if done.exists() else \
+        run(resolved(c), world_model_from=c["world_model"], on_log=lambda step, m: tune.report({**m, "step": step}))
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "results.json").write_text(json.dumps(results, indent=1))
+        Path(tmp, "run_dir.txt").write_text(str(folder))
+        final = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**final, "done": True}, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def tune_run(configs: list[dict], name: str, a) -> None:
+    from ray import tune
+
+    resources = {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}
+    tuner = tune.Tuner(tune.with_resources(_trial_entry, resources),
+                       param_space={"c": tune.grid_search(configs)},
+                       run_config=tune.RunConfig(name=name, storage_path=str(Path(a.storage).resolve()),
+                                                 failure_config=tune.FailureConfig(max_failures=a.retries),
+                                                 verbose=a.verbose))
+    grid = tuner.fit()
+    errors = [str(e) for e in grid.errors]
+    if errors:
+        raise RuntimeError(f"{len(errors)} trial(s) of {name} failed after {a.retries} retries; first: {errors[0]}")
+
+
+def _trial_entry(config: dict) -> None:
+    """Tune's trainable: the grid searches over whole trial configs, under the key "c"."""
+    trial(config["c"])
+
+
+def run_sweep(a) -> dict:
+    """Both Tune runs on a local Ray (or the cluster at a.address), then the table."""
+    import ray
+    from ray import tune  # noqa: F401  (fail here, not inside a trial, if Ray Tune is missing)
+
+    wms, agents = trial_configs(a)
+    t0 = time.time()
+    env_vars = {"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    ray.init(address=a.address, include_dashboard=False, log_to_driver=a.verbose > 0, ignore_reinit_error=True,
+             runtime_env={"env_vars": env_vars})
+    try:
+        tune_run(wms, f"{a.name}-world-models", a)
+        tune_run(agents, f"{a.name}-agents", a)
+    finally:
+        ray.shutdown()
+    rows = [json.loads((Path(run_folder(c)) / "results.json").read_text()) | {"setting": c["setting"]}
+            for c in agents]
+    return summarise(rows, a, time.time() - t0)
+
+
+def summarise(rows: list[dict], a, wall: float) -> dict:
+    """The table (algo x setting, mean ± 95% interval over seeds), the offline pick per algorithm (lowest
+    final regulariser, averaged over seeds; never a return), the probe per seed; printed and written."""
+    success = "eval_success_rate" in rows[0]
+    key = "eval_success_rate" if success else "eval_normalized_score"
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["algo"], setting_name(r["setting"])), []).append(r)
+    table = []
+    for (algo, name), rs in groups.items():
+        scores = [r[key] for r in rs]
+        regs = [r["final_regulariser"] for r in rs if r.get("final_regulariser") is not None]
+        table.append({"algo": algo, "setting": name, "mean": float(np.mean(scores)), "ci95": ci95(scores),
+                      "scores": scores, "seeds": [r["seed"] for r in rs],
+                      "regulariser": float(np.mean(regs)) if regs else None,
+                      "wall_s": float(np.mean([r["wall_time_s"] for r in rs]))})
+    for algo in dict.fromkeys(t["algo"] for t in table):
+        mine = [t for t in table if t["algo"] == algo and t["regulariser"] is not None]
+        if len(mine) > 1:
+            min(mine, key=lambda t: t["regulariser"])["offline_pick"] = True
+            # Shown beside the pick to judge the rule, never used to choose.
+            max(mine, key=lambda t: t["mean"])["best_evaluated"] = True
+    stats = rows[0]["dataset_stats"]
+    print(f"\n{a.env} {Path(a.data_path).name} obs={a.obs} preset={a.preset} seeds={a.seeds}  ({wall:.0f}s)")
+    print(f"dataset: {stats['episodes']} episodes, Batch Mean {stats['return_mean']:.1f}, "
+          f"Batch Max {stats['return_max']:.1f}" + (f", success {stats['success_rate']:.0%}" if success else ""))
+    print(f"{'algo':<7} {'setting':<24} {'success' if success else 'score':>16} {'per seed':<24} "
+          f"{'regulariser':>12} {'wall':>7}")
+    for t in table:
+        reg = "-" if t["regulariser"] is None else f"{t['regulariser']:.3f}"
+        fmt = (lambda v: f"{v:.0%}") if success else (lambda v: f"{v:.1f}")
+        print(f"{t['algo']:<7} {t['setting']:<24} {fmt(t['mean']):>8} ±{fmt(t['ci95']):<7} "
+              f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {t['wall_s']:>6.0f}s"
+              + ("  <- offline pick" if t.get("offline_pick") else "")
+              + ("  <- best evaluated" if t.get("best_evaluated") else ""))
+    probes = {}
+    per_seed = {r["seed"]: r.get("probe") or {} for r in rows}
+    if all("state_r2" in p for p in per_seed.values()):
+        print("world model probe (held-out episodes; one world model per seed)")
+        for k in PROBE_KEYS:
+            vals = [per_seed[s][k] for s in sorted(per_seed) if k in per_seed[s]]
+            if vals:
+                probes[k] = {"mean": float(np.mean(vals)), "ci95": ci95(vals), "per_seed": vals}
+                print(f"  {k:<18} {np.mean(vals):.3f} ±{ci95(vals):.3f}   per seed "
+                      + " ".join(f"{v:.3f}" for v in vals))
+    out = Path(a.logdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k != "func"},
+                                                "dataset": stats, "table": table, "probe": probes,
+                                                "wall_s": wall, "runs": rows}, indent=1, default=str))
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["algo", "setting", "mean", "ci95", "regulariser", "wall_s", "offline_pick",
+                               "best_evaluated"],
+                           extrasaction="ignore")
+        w.writeheader()
+        w.writerows(table)
+    print(f"\ntable: {out / 'sweep.json'}, {out / 'sweep.csv'}; Tune results: {Path(a.storage) / a.name}-*")
+    return {"table": table, "probe": probes, "rows": rows}
+
+
+def add_arguments(s) -> None:
+    from latent_combo.config import ALGOS, PRESETS
+    from latent_combo.envs import ENV_IDS
+
+    s.add_argument("--env", default="walker-walk", choices=ENV_IDS)
+    s.add_argument("--dataset", default="medium-replay", help="flavour or folder")
+    s.add_argument("--algos", nargs="+", default=["combo", "lmbpo", "bc"], choices=ALGOS)
+    s.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="agent setting to sweep (repeat for a grid), e.g. agent.beta=0.1,0.3,1")
+    s.add_argument("--obs", default="image", choices=("image", "state"))
+    s.add_argument("--preset", default="cpu", choices=PRESETS)
+    s.add_argument("--address", default=None, help="an existing Ray cluster (default: a local Ray)")
+    s.add_argument("--cpus-per-trial", type=float, default=1)
+    s.add_argument("--gpus-per-trial", type=float, default=0, help="fractions share a GPU between trials")
+    s.add_argument("--storage", default="runs/tune", help="Tune's results (shared storage on a cluster)")
+    s.add_argument("--name", default=None, help="sweep name (default: ENV-DATASET-OBS-PRESET)")
+    s.add_argument("--logdir", default="runs/sweep", help="run folders (shared storage on a cluster)")
+    s.add_argument("--retries", type=int, default=2, help="times a failed trial is retried from its checkpoint")
+    s.add_argument("--verbose", type=int, default=0, help="Tune's verbosity (0-3)")
+    s.add_argument("overrides", nargs="*", help="config overrides for every run, key=value")
+
+
+def prepare(a, build_dataset=None) -> None:
+    """Resolve paths once in the driver: the dataset (built if missing), absolute folders, the grid."""
+    from latent_combo.config import resolve
+    from latent_combo.runs import dataset_dir
+
+    a.grid = parse_grid(a.grid)
+    cfg = resolve(a.preset, a.env, {"dataset": a.dataset, "obs": a.obs})
+    a.data_path = str(dataset_dir(cfg, build_dataset).resolve())
+    a.logdir = str(Path(a.logdir).resolve())
+    a.name = a.name or f"{a.env}-{Path(a.data_path).name}-{a.obs}-{a.preset}"
+    # Each trial's torch threads match the CPUs Ray gives it (at least one).
+    a.threads = max(1, int(a.cpus_per_trial))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
