@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PRESETS = ("debug", "cpu", "paper")
+PRESETS = ("debug", "cpu", "quality", "paper")
 ALGOS = ("combo", "lompo", "lmbpo", "cql", "bc")
 
 

@@ -9,7 +9,7 @@ def test_presets_resolve_and_override():
     assert cfg.wm.deter == 32 and cfg.agent.beta == 0.25 and cfg.seed == 3 and cfg.preset == "debug"
 
 
-@pytest.mark.parametrize("preset", ["debug", "cpu", "paper"])
+@pytest.mark.parametrize("preset", ["debug", "cpu", "quality", "paper"])
 def test_every_preset_loads(preset):
     cfg = resolve(preset, "sawyer-door")
     assert cfg.env == "sawyer-door"
@@ -27,7 +27,7 @@ def test_unknown_key_lists_valid_ones():
 
 
 def test_bad_values_named():
-    with pytest.raises(ValueError, match="unknown preset 'gpu'.*debug, cpu, paper"):
+    with pytest.raises(ValueError, match="unknown preset 'gpu'.*debug, cpu, quality, paper"):
         resolve("gpu")
     with pytest.raises(ValueError, match="unknown algo 'sac'"):
         resolve("cpu", overrides={"algo": "sac"})
