@@ -82,9 +82,8 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     for step in bar:
         if agent.uses_rollouts and (step - 1) % c.rollout_every == 0:
             starts = real.sample(c.rollout_batch)["state"]
-            batch, rm = rollout(wm, agent.actor, starts, c.rollout_length, lompo_lambda)
+            batch, rollout_metrics = rollout(wm, agent.actor, starts, c.rollout_length, lompo_lambda)
             model_buf.add(batch)
-            report.log_scalars(writer, rm, step, "train/")
         real_batch = real.sample(n_real)
         model_batch = model_buf.sample(c.batch - n_real) if agent.uses_rollouts else None
         metrics = agent.update(real_batch, model_batch)
@@ -98,10 +97,12 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
                 metrics["regulariser_tail_mean"] = torch.stack(list(reg_tail)).double().mean()
             metrics = synced(metrics)
             log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step)
+            if agent.uses_rollouts:  # the latest refresh's, logged in step with the other tags
+                report.log_scalars(writer, rollout_metrics, step)
             if on_log is not None:
                 on_log(step, {k: v for k, v in metrics.items() if isinstance(v, float)})
             metrics["updates_per_s"] = (step - start) / (time.time() - t0)
-            writer.add_scalar("train/agent_updates_per_s", metrics["updates_per_s"], step)
+            report.scalar(writer, "speed/agent_updates_per_s", metrics["updates_per_s"], step)
             bar.set_postfix({k: f"{metrics[k]:.2f}" for k in ("q_mean", "regulariser", "bc_nll")
                              if k in metrics})
         if step % c.eval_every == 0 and step < c.steps:
@@ -133,19 +134,27 @@ def refill_model_buffer(wm, actor, real, model_buf, c, algo: str, device) -> Non
             model_buf.add(batch)
 
 
+# Metric keys of the agent's update whose TensorBoard name says more under another name (report.py).
+TAG_NAMES = {"q_mean": "q_batch"}
+
+
 def log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step):
-    loss_keys = ("critic_loss", "bellman", "penalty", "actor", "alpha_loss", "bc_nll")
-    report.log_scalars(writer, {k: v for k, v in metrics.items() if k in loss_keys}, step, "loss/")
-    report.log_scalars(writer, {k: v for k, v in metrics.items() if k not in loss_keys}, step, "train/")
+    """The update's metrics under agent/, plus Q on this step's dataset and rollout pairs."""
+    report.log_scalars(writer, {f"agent/{TAG_NAMES.get(k, k)}": v for k, v in metrics.items()
+                                if k != "updates_per_s"}, step)
     if agent.algo != "bc":
         with torch.no_grad():
-            writer.add_scalar("train/q_real", agent.critic(real_batch["state"], real_batch["action"]).mean(), step)
+            if "q_data" not in metrics:  # algorithms without a penalty: Q on dataset pairs measured here
+                report.scalar(writer, "agent/q_data", agent.critic(real_batch["state"], real_batch["action"]).mean(),
+                              step)
             if model_batch is not None:
-                writer.add_scalar("train/q_model", agent.critic(model_batch["state"],
-                                                                model_batch["action"]).mean(), step)
+                report.scalar(writer, "agent/q_model", agent.critic(model_batch["state"], model_batch["action"]).mean(),
+                              step)
 
 
-def log_eval(writer, result: dict, frames, step: int) -> None:
-    report.log_scalars(writer, {k: v for k, v in result.items() if isinstance(v, float)}, step, "eval/")
+def log_eval(writer, result: dict, frames, step: int, final: bool = False) -> None:
+    """An evaluation under eval/ (the final one as eval/final_*), with its first episode's frames."""
+    report.log_scalars(writer, {f"eval/{k}": v for k, v in report.eval_scalars(result, final).items()}, step)
     if frames:
-        writer.add_image("eval/episode_frames", report.frame_strip(frames), step, dataformats="HWC")
+        writer.add_image("eval/final_episode_frames" if final else "eval/episode_frames", report.frame_strip(frames),
+                         step, dataformats="HWC")

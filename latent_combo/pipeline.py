@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from latent_combo import report
 from latent_combo.agent_training import log_eval, real_transitions, train_agent
 from latent_combo.config import to_dict
 from latent_combo.data import OfflineDataset
@@ -50,6 +51,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     if not (run_dir / "wm.pt").exists():
         writer.add_text("hyperparameters", "\n".join(f"    {line}" for line in
                                                       yaml.safe_dump(to_dict(cfg)).splitlines()))
+        writer.add_custom_scalars(report.CUSTOM_LAYOUT)
     seed_everything(cfg.seed)  # initial weights depend on the seed alone
     wm = build_world_model(cfg, dataset, device)
     if world_model_from:
@@ -71,7 +73,8 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     agent = train_agent(cfg, wm, transitions, run_dir, writer, device, on_log=on_log)
     result, frames = evaluate(wm, agent.actor, cfg.env, cfg.final_eval_episodes, device, seed=1_000_000,
                               record=cfg.obs == "image", max_steps=cfg.eval_max_steps)
-    log_eval(writer, result, frames, cfg.agent.steps)
+    log_eval(writer, result, frames, cfg.agent.steps, final=True)
+    log_run_hparams(writer, cfg, data_path, result, agent.last_metrics.get("regulariser_tail_mean"), probe)
     if frames:
         import imageio.v2 as imageio
 
@@ -87,6 +90,18 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
                "run_dir": str(run_dir)}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     return results
+
+
+def log_run_hparams(writer, cfg, data_path, result: dict, regulariser, probe: dict) -> None:
+    """The run's row in TensorBoard's HParams dashboard: key settings and final metrics."""
+    hparams = {"algo": cfg.algo, "obs": cfg.obs, "preset": cfg.preset, "env": cfg.env, "dataset": Path(data_path).name,
+               "seed": cfg.seed, "beta": cfg.agent.beta, "f": cfg.agent.real_ratio,
+               "rollout_length": cfg.agent.rollout_length, "lompo_lambda": cfg.agent.lompo_lambda,
+               "wm_steps": cfg.wm.steps, "agent_steps": cfg.agent.steps}
+    key = "success_rate" if "eval_success_rate" in result else "normalized_score"
+    metrics = {f"eval/final_{key}": result[f"eval_{key}"], "agent/final_regulariser": regulariser,
+               "probe/state_r2": probe.get("state_r2")}
+    report.log_hparams(writer, hparams, metrics, cfg.agent.steps)
 
 
 def results_table(rows: list[dict]) -> str:

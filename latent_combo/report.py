@@ -1,26 +1,189 @@
-"""TensorBoard helpers: scalars by prefix, truth / model / error grids, evaluation strips."""
+"""TensorBoard: one tag scheme with a description per tag, labelled image grids, HParams and a custom layout.
+
+Tags: `wm/` world model, `agent/` agent, `rollout/` model rollouts, `eval/` evaluations in the simulator,
+`probe/` the world-model probe, `speed/` updates per second. TensorBoard shows each description on hover.
+"""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import torch
 
+# Descriptions by tag; `{k}` / `{h}` stand for a number (a prior head, a horizon), `{name}` for a word.
+DESCRIPTIONS = {
+    "wm/obs": "ELBO reconstruction term: 1/2 squared error of the decoded image (or state), summed over pixels",
+    "wm/reward": "1/2 squared error of the reward head on posterior features",
+    "wm/kl": "KL(posterior || prior head k), averaged over the K heads (the ELBO's KL term, before free nats)",
+    "wm/kl_head{k}": "KL(posterior || prior head k) for one head",
+    "wm/inverse": "inverse-dynamics loss: a_t predicted from the embeddings of frames t-2..t (if enabled)",
+    "wm/total": "the weighted world-model loss that is minimised",
+    "wm/grad_norm": "world-model gradient norm before clipping (not a loss)",
+    "wm/post_std": "mean standard deviation of the posterior z (not a loss)",
+    "wm/open_loop_mse_h{h}": "per-pixel (or per-dimension) squared error of prior predictions h steps after "
+                             "5 filtered steps, with the real actions",
+    "agent/critic_loss": "critic objective of eq. 2: Bellman error + beta x conservative penalty",
+    "agent/bellman": "1/2 Bellman error on the batch (fraction f real, 1 - f model rollouts), summed over critics",
+    "agent/penalty": "conservative penalty before beta: soft-max of Q on pushed-down states minus Q on data",
+    "agent/regulariser": "E_rho[Q] - E_D[Q] in the plain form of eq. 2: the offline selection rule reads it",
+    "agent/regulariser_tail_mean": "the regulariser averaged over the last tenth of training (the rule's value)",
+    "agent/q_batch": "Q on the Bellman batch (real and model pairs mixed as trained), mean over critics",
+    "agent/q_data": "Q on dataset (state, action) pairs: pushed up by the penalty",
+    "agent/q_model": "Q on model-rollout (state, action) pairs from the model buffer",
+    "agent/q_rho": "Q at policy actions on the pushed-down states (rollouts; dataset too with rho_dataset)",
+    "agent/q_policy": "min over critics of Q at the actor's actions on the actor's states (what eq. 3 maximises)",
+    "agent/td_target": "mean Bellman target r + gamma (min Q' - alpha log pi)",
+    "agent/actor": "actor loss of eq. 3: alpha log pi - min Q",
+    "agent/alpha": "entropy temperature",
+    "agent/alpha_loss": "temperature loss (tracks the target entropy)",
+    "agent/entropy": "policy entropy estimate -log pi on the actor's states",
+    "agent/bc_nll": "behaviour cloning: negative log-likelihood of dataset actions",
+    "rollout/reward": "mean predicted reward of the latest model-rollout refresh",
+    "rollout/disagreement": "LOMPO: std over prior heads of log p_k(z'|h') on the latest refresh (before lambda)",
+    "eval/return_mean": "mean return of the evaluation episodes (deterministic policy, from pixels)",
+    "eval/return_ci95": "half-width of the 95% interval of the mean return",
+    "eval/normalized_score": "return / 10 (V-D4RL's DMC convention), mean over the evaluation episodes",
+    "eval/normalized_score_ci95": "half-width of the 95% interval of the normalised score",
+    "eval/normalized_score_lo": "normalised score minus its 95% half-width (the band's lower edge)",
+    "eval/normalized_score_hi": "normalised score plus its 95% half-width (the band's upper edge)",
+    "eval/success_rate": "share of evaluation episodes that succeeded at any step",
+    "eval/success_ci95": "half-width of the 95% interval of the success rate",
+    "eval/success_lo": "success rate minus its 95% half-width",
+    "eval/success_hi": "success rate plus its 95% half-width",
+    "eval/episodes": "evaluation episodes behind each point",
+    "eval/final_normalized_score": "final evaluation (final_eval_episodes episodes) of the trained policy",
+    "eval/final_success_rate": "final evaluation (final_eval_episodes episodes) of the trained policy",
+    "eval/final_return_mean": "final evaluation: mean return",
+    "agent/final_regulariser": "the regulariser at the end of training (selection rule's value)",
+    "probe/state_r2": "held-out R² of a ridge regression from latent features to the true state (mean over dims)",
+    "probe/open_loop_r2_h{h}": "held-out state R² read from prior rollouts h steps after a filtered state",
+    "probe/state_r2_{name}": "held-out state R² over one named group of state dimensions",
+    "probe/state_rmse_{name}": "held-out RMSE, in the state's own units, over one named group of dimensions",
+    "probe/reward_std": "standard deviation of the held-out rewards (the scale of the reward RMSEs)",
+    "probe/separability": "held-out accuracy telling posterior from one-step prior features (0.5: indistinguishable)",
+    "probe/reward_rmse_posterior": "reward head RMSE on held-out posterior features",
+    "probe/reward_rmse_prior": "reward head RMSE on one-step prior features of held-out steps",
+    "speed/wm_updates_per_s": "world-model updates per second",
+    "speed/agent_updates_per_s": "agent updates per second",
+}
+_PATTERNS = [(re.compile("^" + re.escape(k).replace(r"\{k\}", r"\d+").replace(r"\{h\}", r"\d+")
+                         .replace(r"\{name\}", r"[a-z]+") + "$"), v) for k, v in DESCRIPTIONS.items()]
+
+
+def describe(tag: str) -> str:
+    for pattern, text in _PATTERNS:
+        if pattern.match(tag):
+            return text
+    return ""
+
+
+def scalar(writer, tag: str, value, step: int) -> None:
+    """A scalar, carrying its description (DESCRIPTIONS) the first time the tag is written by `writer`."""
+    from torch.utils.tensorboard.summary import scalar as scalar_summary
+
+    value = float(value)
+    if not np.isfinite(value):
+        return
+    seen = writer.__dict__.setdefault("_described_tags", set())
+    summary = scalar_summary(tag, value)
+    if tag not in seen:
+        seen.add(tag)
+        meta = summary.value[0].metadata
+        meta.plugin_data.plugin_name = "scalars"
+        meta.summary_description = describe(tag)
+    file_writer = writer._get_file_writer()
+    if file_writer is not None:  # None: a writer that logs nothing
+        file_writer.add_summary(summary, step)
+
 
 def log_scalars(writer, metrics: dict, step: int, prefix: str = "") -> None:
     for k, v in metrics.items():
-        if isinstance(v, (int, float)) and np.isfinite(v):
-            writer.add_scalar(f"{prefix}{k}", v, step)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            scalar(writer, f"{prefix}{k}", v, step)
 
 
-def open_loop_grid(truth: torch.Tensor, model: torch.Tensor, every: int = 2) -> np.ndarray:
-    """(B, T, 3, H, W) images in [-0.5, 0.5] -> one HWC uint8 grid: per sequence three rows
-    (truth, model, |error|), time along the columns (every `every`-th frame)."""
+def eval_scalars(result: dict, final: bool = False) -> dict:
+    """An evaluation's floats under eval/ (without repeating the prefix), with the 95% band's edges."""
+    out = {}
+    for key in ("return_mean", "return_ci95", "normalized_score", "normalized_score_ci95", "success_rate",
+                "success_ci95"):
+        if f"eval_{key}" in result:
+            out[key] = result[f"eval_{key}"]
+    for key, half, name in (("normalized_score", "normalized_score_ci95", "normalized_score"),
+                            ("success_rate", "success_ci95", "success")):
+        if key in out:
+            out[f"{name}_lo"], out[f"{name}_hi"] = out[key] - out[half], out[key] + out[half]
+    out["episodes"] = float(result["eval_episodes"])
+    if final:
+        return {f"final_{k}": v for k, v in out.items() if k in ("return_mean", "normalized_score", "success_rate")}
+    return out
+
+
+CUSTOM_LAYOUT = {
+    "Q: data vs rollouts": {
+        "Q on dataset pairs, rollout pairs and pushed-down states": [
+            "Multiline", ["agent/q_data", "agent/q_model", "agent/q_rho"]],
+        "regulariser E_rho[Q] - E_D[Q]": ["Multiline", ["agent/regulariser", "agent/regulariser_tail_mean"]],
+    },
+    "evaluation (95% band)": {
+        "normalised score": ["Margin", ["eval/normalized_score", "eval/normalized_score_lo",
+                                        "eval/normalized_score_hi"]],
+        "success rate": ["Margin", ["eval/success_rate", "eval/success_lo", "eval/success_hi"]],
+    },
+}
+
+
+def log_hparams(writer, hparams: dict, metrics: dict, step: int) -> None:
+    """The HParams dashboard's session for this run: its settings and final metrics (also as scalars, which
+    the dashboard reads), written into the run's own event file so runs of a sweep line up side by side."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    metrics = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+    exp, ssi, sei = hparams_summary({k: v for k, v in hparams.items() if v is not None}, metrics)
+    file_writer = writer._get_file_writer()
+    for summary in (exp, ssi, sei):
+        if file_writer is not None:
+            file_writer.add_summary(summary)
+    seen = writer.__dict__.get("_described_tags", set())
+    for k, v in metrics.items():
+        if k not in seen:  # e.g. eval/final_* are logged already; probe/state_r2 only if probed in this process
+            scalar(writer, k, v, step)
+
+
+# ----- images ---------------------------------------------------------------------------------------
+
+LABEL_WIDTH = 44
+
+
+def _label(height: int, text: str) -> np.ndarray:
+    import cv2
+
+    img = np.full((height, LABEL_WIDTH, 3), 255, np.uint8)
+    cv2.putText(img, text, (2, height // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def open_loop_grid(truth: torch.Tensor, model: torch.Tensor, context: int, head: int, every: int = 2) -> np.ndarray:
+    """(B, T, 3, H, W) images in [-0.5, 0.5] -> one labelled HWC uint8 grid: a header naming the prior head,
+    the frame stride and where filtering ends; per sequence three rows (truth, model, |error|) with their
+    names on the left; a red line between the last filtered frame and the first open-loop prediction."""
+    import cv2
+
     truth, model = truth[:, ::every].clamp(-0.5, 0.5) + 0.5, model[:, ::every].clamp(-0.5, 0.5) + 0.5
     err = (model - truth).abs()
     rows = torch.stack([truth, model, err], 1)  # (B, 3, T, C, H, W)
     B, R, T, C, H, W = rows.shape
-    grid = rows.permute(0, 1, 4, 2, 5, 3).reshape(B * R * H, T * W, C)
-    return (grid.cpu().numpy() * 255).astype(np.uint8)
+    grid = (rows.permute(0, 1, 4, 2, 5, 3).reshape(B * R * H, T * W, C).cpu().numpy() * 255).astype(np.uint8)
+    boundary = -(-context // every) * W  # first column drawn from the prior
+    grid[:, max(0, boundary - 1):boundary + 1] = (255, 0, 0)
+    labels = np.concatenate([_label(H, name) for _ in range(B) for name in ("truth", "model", "error")])
+    grid = np.concatenate([labels, grid], 1)
+    header = np.full((14, grid.shape[1], 3), 255, np.uint8)
+    text = (f"prior head {head} | one frame in {every} | left of red: posterior ({context} filtered steps), "
+            "right: open loop")
+    cv2.putText(header, text, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([header, grid], 0)
 
 
 def frame_strip(frames: list, every: int = 10, limit: int = 25) -> np.ndarray:

@@ -73,14 +73,14 @@ def train_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
         loss.backward()
         metrics["wm/grad_norm"] = torch.nn.utils.clip_grad_norm_(wm.parameters(), c.grad_clip)
         opt.step()
-        finite.add({**metrics, "wm/total": loss.detach()}, step)
+        metrics["wm/total"] = loss.detach()
+        finite.add(metrics, step)
         if step % c.log_every == 0 or step == stop or step % c.checkpoint_every == 0:
             finite.check(step)  # before any save: a non-finite step is never checkpointed
         if step % c.log_every == 0 or step == stop:
             metrics = synced(metrics)
-            metrics["wm/updates_per_s"] = (step - start) / (time.time() - t0)
-            report.log_scalars(writer, {k: v for k, v in metrics.items() if "updates_per_s" not in k}, step, "loss/")
-            writer.add_scalar("train/wm_updates_per_s", metrics["wm/updates_per_s"], step)
+            report.log_scalars(writer, metrics, step)
+            report.scalar(writer, "speed/wm_updates_per_s", (step - start) / (time.time() - t0), step)
             bar.set_postfix(obs=f"{metrics['wm/obs']:.1f}", kl=f"{metrics['wm/kl']:.2f}")
         if step % c.image_every == 0 or step == c.steps:
             log_open_loop(wm, dataset, report_rng, writer, step, device)
@@ -90,16 +90,22 @@ def train_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
 
 @torch.no_grad()
 def log_open_loop(wm, dataset, rng, writer, step, device, context: int = 5, horizon: int = 15):
-    """Truth / model / error grid and open-loop MSE at horizons 1, 5, 15 (prior rollouts, real actions)."""
+    """Per prior head, a labelled truth / model / error grid (wm/open_loop/head{k}); the open-loop MSE at
+    horizons 1, 5, 15 averaged over heads (prior rollouts from filtered states, real actions)."""
     length = min(context + horizon, int(dataset.lengths.max()))
     batch = to_torch(dataset.sample_sequences(4, length, rng), device)
+    errs = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        truth, model, err = wm.open_loop(batch, context)
+        for head in range(wm.rssm.ensemble):
+            truth, model, err = wm.open_loop(batch, context, head=head)
+            errs.append(err)
+            grid = (report.open_loop_grid(truth, model, context, head) if wm.obs == "image"
+                    else report.state_plot_grid(truth, model))
+            writer.add_image(f"wm/open_loop/head{head}", grid, step, dataformats="HWC")
+    err = torch.stack(errs).mean(0)
     for h in (1, 5, 15):
         if h <= err.shape[1]:
-            writer.add_scalar(f"loss/wm/open_loop_mse_h{h}", err[:, h - 1].mean().item(), step)
-    grid = report.open_loop_grid(truth, model) if wm.obs == "image" else report.state_plot_grid(truth, model)
-    writer.add_image("wm/open_loop_truth_model_error", grid, step, dataformats="HWC")
+            report.scalar(writer, f"wm/open_loop_mse_h{h}", err[:, h - 1].mean(), step)
 
 
 def probe_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_dir: Path, writer, device) -> dict:
@@ -114,6 +120,6 @@ def probe_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
     result = run_probe(wm, dataset, cfg.env, device, seed=cfg.seed)
     print(format_probe(result) + f"\n(probe: {time.time() - t0:.0f}s)")
     if "skipped" not in result:
-        report.log_scalars(writer, {k: v for k, v in result.items() if isinstance(v, float)}, step, "probe/")
+        report.log_scalars(writer, {f"probe/{k}": v for k, v in result.items() if isinstance(v, float)}, step)
     atomic_write_text(path, json.dumps({"wm_step": step, "probe": result}, indent=1))
     return result

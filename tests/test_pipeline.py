@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -186,3 +187,48 @@ def test_agent_resumes_without_a_saved_model_buffer(env_datasets, world_models, 
     capsys.readouterr()
     assert cli(args) == 0
     assert "refilling the model buffer" in capsys.readouterr().out
+
+
+EXPECTED_TAGS = {
+    "wm/obs", "wm/reward", "wm/kl", "wm/kl_head0", "wm/total", "wm/grad_norm", "wm/post_std", "wm/open_loop_mse_h1",
+    "speed/wm_updates_per_s", "speed/agent_updates_per_s", "probe/state_r2", "probe/separability",
+    "agent/critic_loss", "agent/bellman", "agent/penalty", "agent/regulariser", "agent/q_batch", "agent/q_data",
+    "agent/q_model", "agent/q_rho", "agent/q_policy", "agent/actor", "agent/alpha", "agent/entropy",
+    "rollout/reward", "eval/return_mean", "eval/normalized_score", "eval/normalized_score_lo",
+    "eval/normalized_score_hi", "eval/final_normalized_score", "agent/final_regulariser",
+}
+
+
+def test_tensorboard_tag_scheme_hparams_and_labelled_grids(world_models):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from latent_combo.report import describe
+
+    acc = EventAccumulator(str(world_models["walker-walk"]), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert EXPECTED_TAGS <= scalars, EXPECTED_TAGS - scalars
+    tags = scalars | set(acc.Tags()["images"])
+    assert {t.split("/")[0] for t in tags} <= {"wm", "agent", "rollout", "eval", "probe", "speed"}
+    assert not [t for t in tags if t.split("/")[1].startswith(t.split("/")[0])]  # e.g. eval/eval_...
+    assert all(describe(t) for t in scalars), [t for t in scalars if not describe(t)]
+    # The description travels with the tag's first event.
+    assert acc.SummaryMetadata("agent/q_data").summary_description == describe("agent/q_data")
+    # HParams: the run's settings and its final metrics.
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["algo"].string_value == "combo"
+    assert "beta" in start.session_start_info.hparams
+    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    names = {m.name.tag for m in exp.experiment.metric_infos}
+    assert {"eval/final_normalized_score", "agent/final_regulariser", "probe/state_r2"} <= names
+    # A labelled open-loop grid: a white header band and label column around the frames.
+    image = acc.Images("wm/open_loop/head0")[-1]
+    import io
+
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
+    assert (pixels[:14] < 128).any() and (pixels[:14] == 255).mean() > 0.6  # header text on white
+    assert (pixels[14:, :40] == 255).mean() > 0.6  # the row-name column
