@@ -1,6 +1,8 @@
-"""World-model update speed at the `paper` sizes: latent_combo's WorldModel against the plain reference.
+"""World-model update speed at a preset's sizes (default `paper`): latent_combo's WorldModel against the
+plain reference, in frames per second and in share of the fp32 matmul peak.
 
-    .venv/bin/python bench/world_model.py [--quick] [--sizes 16x50,50x50] [--iters 3] [--threads N]
+    .venv/bin/python bench/world_model.py [--preset quality] [--quick] [--sizes 16x50,50x50] [--iters 3]
+        [--threads N] [--no-reference]
 
 One update = ELBO loss on a (B, T) batch of random 64x64x3 uint8 images, backward, gradient clipping
 and an Adam step (as latent_combo.world_model_training does). The batch is built once with
@@ -68,7 +70,9 @@ def reference_update(cfg):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="B16xT50 only, 2 timed updates (about a minute)")
+    p.add_argument("--preset", default="paper", help="network sizes from this preset (its batch x length is the "
+                   "default size under --quick)")
+    p.add_argument("--quick", action="store_true", help="one size only, 2 timed updates (about a minute)")
     p.add_argument("--sizes", default=None, help="comma-separated BxT (default 16x50,50x50)")
     p.add_argument("--iters", type=int, default=None, help="timed updates per row (default 3; quick: 2)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: os.cpu_count())")
@@ -78,16 +82,18 @@ def main(argv=None):
 
     set_threads(a.threads)
     torch.manual_seed(0)
-    cfg = resolve("paper").wm
-    sizes = a.sizes or ("16x50" if a.quick else "16x50,50x50")
+    cfg = resolve(a.preset).wm
+    own = f"{cfg.batch}x{cfg.length}"
+    sizes = a.sizes or (("16x50" if a.preset == "paper" else own) if a.quick else
+                        ("16x50,50x50" if a.preset == "paper" else own))
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",")]
     iters = a.iters or (2 if a.quick else 3)
 
     print(machine_line())
     if load_note():
         print(load_note())
-    print(f"world model: paper sizes deter {cfg.deter}, stoch {cfg.stoch}, hidden {cfg.hidden}, depth {cfg.depth}, "
-          f"K {cfg.ensemble}; {iters} timed updates per row after 1 warm-up")
+    print(f"world model: {a.preset} sizes deter {cfg.deter}, stoch {cfg.stoch}, hidden {cfg.hidden}, "
+          f"depth {cfg.depth}, K {cfg.ensemble}; {iters} timed updates per row after 1 warm-up")
     peak = matmul_peak()
     print(f"fp32 matmul peak (2048^3 torch.mm): {peak:.1f} GFLOP/s")
 
@@ -107,13 +113,14 @@ def main(argv=None):
             sec = time_it(lambda u=update, b=batch: u(b), iters, warmup=0)
             times[name] = sec
             gflops = flops / sec / 1e9
-            rows.append([name, f"{B}x{T}", f"{flops / 1e9:.1f}", f"{sec:.3f}", f"{1 / sec:.3f}", f"{gflops:.1f}",
-                         f"{gflops / peak:.0%}", None])
+            rows.append([name, f"{B}x{T}", f"{flops / 1e9:.1f}", f"{sec:.3f}", f"{1 / sec:.3f}", f"{B * T / sec:.0f}",
+                         f"{gflops:.1f}", f"{gflops / peak:.0%}", None])
             print(f"  done {name} {B}x{T} ({n_params / 1e6:.2f}M params): {sec:.3f} s/update", flush=True)
         for r in rows[-len(impls):]:
             r[-1] = f"{times['reference'] / times[r[0]]:.2f}x" if "reference" in times else "-"
     print()
-    print_table(["impl", "batch", "GFLOP/upd", "s/update", "updates/s", "GFLOP/s", "% peak", "vs ref"], rows)
+    print_table(["impl", "batch", "GFLOP/upd", "s/update", "updates/s", "frames/s", "GFLOP/s", "% peak", "vs ref"],
+                rows)
     print(f"(peak {peak:.1f} GFLOP/s; GFLOP/upd counted for forward + backward; the Adam step and clipping are "
           f"timed but count no FLOPs)")
 
