@@ -92,7 +92,11 @@ def cmd_sweep(a) -> int:
     from latent_combo.sweep import prepare, run_sweep
 
     prepare(a, ensure_dataset)
-    run_sweep(a)
+    try:
+        run_sweep(a)
+    except RuntimeError as e:  # trials that failed after their retries; Tune's logs hold the tracebacks
+        print(f"latent-combo sweep: {e}\nrerun the same command to resume (finished runs are kept)", file=sys.stderr)
+        return 1
     return 0
 
 
