@@ -79,19 +79,25 @@ def describe(tag: str) -> str:
 
 
 def scalar(writer, tag: str, value, step: int) -> None:
-    """A scalar, carrying its description (DESCRIPTIONS) the first time the tag is written by `writer`."""
-    from torch.utils.tensorboard.summary import scalar as scalar_summary
+    """A scalar, carrying its description (DESCRIPTIONS) the first time the tag is written by `writer`.
+    Written as a 0-d tensor with the scalars plugin's metadata (as TensorFlow 2 writes scalars): TensorBoard
+    keeps a description given that way, and drops it from the older `simple_value` form."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.compat.proto.types_pb2 import DT_FLOAT
 
     value = float(value)
     if not np.isfinite(value):
         return
     seen = writer.__dict__.setdefault("_described_tags", set())
-    summary = scalar_summary(tag, value)
+    meta = SummaryMetadata()
+    meta.plugin_data.plugin_name = "scalars"
     if tag not in seen:
         seen.add(tag)
-        meta = summary.value[0].metadata
-        meta.plugin_data.plugin_name = "scalars"
         meta.summary_description = describe(tag)
+    tensor = TensorProto(dtype=DT_FLOAT, float_val=[value], tensor_shape=TensorShapeProto())
+    summary = Summary(value=[Summary.Value(tag=tag, tensor=tensor, metadata=meta)])
     file_writer = writer._get_file_writer()
     if file_writer is not None:  # None: a writer that logs nothing
         file_writer.add_summary(summary, step)

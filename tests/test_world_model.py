@@ -138,8 +138,8 @@ def test_tensorboard_has_open_loop_images(tmp_path, tiny_dataset):
     acc = EventAccumulator(str(run))
     acc.Reload()
     assert {f"wm/open_loop/head{k}" for k in range(3)} <= set(acc.Tags()["images"])
-    assert "wm/open_loop_mse_h1" in acc.Tags()["scalars"]
-    assert "wm/kl" in acc.Tags()["scalars"]
+    assert "wm/open_loop_mse_h1" in acc.Tags()["tensors"]  # scalars as 0-d tensors (report.scalar)
+    assert "wm/kl" in acc.Tags()["tensors"]
 
 
 def test_non_finite_loss_stops_with_step_and_term(tmp_path, tiny_dataset):
@@ -174,7 +174,9 @@ def test_metrics_read_on_log_steps_equal_an_eager_per_step_loop(tmp_path, tiny_d
     _, ds, run = wm_run(tmp_path, tiny_dataset, steps=4)
     acc = EventAccumulator(str(run))
     acc.Reload()
-    logged = {e.step: e.value for e in acc.Scalars("wm/obs")}
+    from tensorboard.util import tensor_util
+
+    logged = {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors("wm/obs")}
     assert sorted(logged) == [2, 4]
 
     cfg = tiny_cfg(steps=4)
