@@ -10,6 +10,14 @@ from latent_combo.world_model import to_torch
 KEYS = ("state", "action", "reward", "next_state", "discount")
 
 
+def padded_episodes(eps: list[dict], keys, device) -> dict[str, torch.Tensor]:
+    """Whole episodes as one (B, T_max) batch of tensors, each padded at its end by repeating its last row:
+    the filter runs forward in time, so padding never influences the earlier, real steps."""
+    n = max(len(e["reward"]) for e in eps)
+    return to_torch({k: np.stack([np.concatenate([e[k], np.repeat(e[k][-1:], n - len(e[k]), 0)]) for e in eps])
+                     for k in keys}, device)
+
+
 @torch.no_grad()
 def encode_dataset(wm, dataset, device, chunk: int = 32) -> dict[str, torch.Tensor]:
     """Filter every episode with the posterior (no grad, `chunk` episodes at a time) into real latent
@@ -18,11 +26,7 @@ def encode_dataset(wm, dataset, device, chunk: int = 32) -> dict[str, torch.Tens
     parts = {k: [] for k in KEYS}
     for lo in range(0, len(dataset), chunk):
         eps = [dataset.episode(i) for i in range(lo, min(lo + chunk, len(dataset)))]
-        n = max(len(e["reward"]) for e in eps)
-        # Pad at the end to one length; padding never influences the earlier, real steps.
-        batch = {k: np.stack([np.concatenate([e[k], np.repeat(e[k][-1:], n - len(e[k]), 0)]) for e in eps])
-                 for k in (wm.obs, "action", "reward", "discount", "is_first", "is_terminal")}
-        b = to_torch(batch, device)
+        b = padded_episodes(eps, (wm.obs, "action", "reward", "discount", "is_first", "is_terminal"), device)
         feats = wm.rssm.observe(wm.embed(wm.target(b)), b["action"], b["is_first"])["feat"]
         for j, e in enumerate(eps):
             t = len(e["reward"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from latent_combo.world_model import to_torch
+from latent_combo.latent import padded_episodes
 
 HORIZONS = (1, 5, 15)
 # Named groups of state dimensions, reported on their own (the rest only per dimension).
@@ -34,10 +34,7 @@ def encode_for_probe(wm, dataset, device, rng: np.random.Generator, chunk: int =
     rssm, parts = wm.rssm, {k: [] for k in ("post", "prior", "state", "reward", "episode")}
     for lo in range(0, len(dataset), chunk):
         eps = [dataset.episode(i) for i in range(lo, min(lo + chunk, len(dataset)))]
-        n = max(len(e["reward"]) for e in eps)
-        batch = {k: np.stack([np.concatenate([e[k], np.repeat(e[k][-1:], n - len(e[k]), 0)]) for e in eps])
-                 for k in (wm.obs, "action", "is_first")}
-        b = to_torch(batch, device)
+        b = padded_episodes(eps, (wm.obs, "action", "is_first"), device)
         post = rssm.observe(wm.embed(wm.target(b)), b["action"], b["is_first"])
         mean, std = rssm.prior_stats(post["h"])  # (K, B, T, S)
         head = torch.as_tensor(rng.integers(rssm.ensemble, size=post["h"].shape[:2]), device=device)

@@ -103,10 +103,11 @@ def scalar(writer, tag: str, value, step: int) -> None:
         file_writer.add_summary(summary, step)
 
 
-def log_scalars(writer, metrics: dict, step: int, prefix: str = "") -> None:
+def log_scalars(writer, metrics: dict, step: int) -> None:
+    """Every number of `metrics` under its own key as the tag."""
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            scalar(writer, f"{prefix}{k}", v, step)
+            scalar(writer, k, v, step)
 
 
 def eval_scalars(result: dict, final: bool = False) -> dict:

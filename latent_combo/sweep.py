@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -241,4 +240,3 @@ def prepare(a, build_dataset=None) -> None:
     a.name = a.name or f"{a.env}-{Path(a.data_path).name}-{a.obs}-{a.preset}"
     # Each trial's torch threads match the CPUs Ray gives it (at least one).
     a.threads = max(1, int(a.cpus_per_trial))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -135,11 +135,6 @@ class FiniteCheck:
                             "checkpoint in the run folder is intact (lower the learning rate or check the data).")
 
 
-def check_finite(metrics: dict, stage: str, step: int) -> None:
-    """Immediate form of FiniteCheck for one step's metrics."""
-    FiniteCheck(stage, every_step=True).add(metrics, step)
-
-
 def flatten(d: dict, prefix: tuple = ()) -> dict:
     """Nested dict -> {key path tuple: leaf value}, e.g. {"agent": {"beta": 1}} -> {("agent", "beta"): 1}."""
     out = {}
