@@ -160,14 +160,16 @@ def log_hparams(writer, hparams: dict, metrics: dict, step: int) -> None:
 
 # ----- images ---------------------------------------------------------------------------------------
 
-LABEL_WIDTH = 44
+# TensorBoard scales an image down to its card (~500 px for a ~700 px grid): text must be drawn large
+# enough to survive that (at 0.33 the row names were unreadable until "Show actual image size").
+LABEL_WIDTH, FONT_SCALE, HEADER_HEIGHT = 64, 0.5, 22
 
 
 def _label(height: int, text: str) -> np.ndarray:
     import cv2
 
     img = np.full((height, LABEL_WIDTH, 3), 255, np.uint8)
-    cv2.putText(img, text, (2, height // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, text, (2, height // 2 + 6), cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 
@@ -186,10 +188,10 @@ def open_loop_grid(truth: torch.Tensor, model: torch.Tensor, context: int, head:
     grid[:, max(0, boundary - 1):boundary + 1] = (255, 0, 0)
     labels = np.concatenate([_label(H, name) for _ in range(B) for name in ("truth", "model", "error")])
     grid = np.concatenate([labels, grid], 1)
-    header = np.full((14, grid.shape[1], 3), 255, np.uint8)
-    text = (f"prior head {head} | one frame in {every} | left of red: posterior ({context} filtered steps), "
-            "right: open loop")
-    cv2.putText(header, text, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    header = np.full((HEADER_HEIGHT, grid.shape[1], 3), 255, np.uint8)
+    text = f"prior head {head} | 1 frame in {every} | left of red: {context} filtered | right: open loop"
+    cv2.putText(header, text, (2, HEADER_HEIGHT - 6), cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, (0, 0, 0), 1,
+                cv2.LINE_AA)
     return np.concatenate([header, grid], 0)
 
 
