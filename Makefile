@@ -31,7 +31,7 @@ system-deps:
 
 $(VENV_STAMP): pyproject.toml
 	@test -x .venv/bin/python || python3 -m venv .venv
-	.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,sweep]' 2>&1 | grep -v "^WARNING: Location" || true
+	.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,sweep,interop]' 2>&1 | grep -v "^WARNING: Location" || true
 	@.venv/bin/python -c "import torch, dm_control, metaworld, latent_combo" && touch $(VENV_STAMP)
 
 test: setup

@@ -67,7 +67,7 @@ def _breakdown(env_id, pol, frames):
     from latent_combo.envs import make_env
 
     env, bare = make_env(env_id, render=True), make_env(env_id, render=False)
-    obs, render = env.reset(seed=0), _render_fn(env)
+    obs, render = env.reset(seed=0)[0], _render_fn(env)
     bare.reset(seed=0)
     rng, action = np.random.default_rng(0), np.zeros(env.action_dim, np.float32)
 

@@ -102,7 +102,7 @@ def plan(env_id: str, flavour: str, episodes: int) -> tuple[dict, list[str]]:
 
 def run_episode(env, policy, reset_seed: int, rng: np.random.Generator) -> dict:
     """Roll out one episode; rows as in latent_combo/data.py (row 0: reset obs, zero action and reward)."""
-    obs = env.reset(seed=reset_seed)
+    obs, _ = env.reset(seed=reset_seed)
     images, states, actions, rewards, terminals = [obs["image"]], [obs["state"]], [], [0.0], [False]
     done = False
     while not done:
@@ -325,7 +325,7 @@ def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int 
     )
     if flavour == "medium-replay" and hasattr(pols["medium-replay"], "entries"):
         meta_fields["replay_entries"] = pols["medium-replay"].entries(episodes).tolist()
-    data.write_metadata(out, **meta_fields)
+    data.write_metadata(out, render="fast", **meta_fields)  # frames made with envs.apply_render_settings(fast)
     (out / CONFIG).unlink(missing_ok=True)  # metadata.json's collect_config takes over
     return out
 

@@ -274,7 +274,7 @@ def success_rate(policy: Policy, env_id: str = "sawyer-door", episodes: int = 40
     for i in range(episodes):
         pol = policy.for_episode(i, episodes)
         rng = np.random.default_rng([seed, i])
-        obs, done, success, ret = env.reset(seed=seed * 1_000_000 + i), False, False, 0.0
+        obs, done, success, ret = env.reset(seed=seed * 1_000_000 + i)[0], False, False, 0.0
         while not done:
             obs, r, term, trunc, info = env.step(pol(obs, rng))
             success |= bool(info.get("success", False))

@@ -49,7 +49,7 @@ def evaluate(env, actor, episodes, seed):
     """Mean return (task reward; dense reward for sawyer) and success rate of the deterministic policy."""
     returns, successes = [], []
     for ep in range(episodes):
-        obs, done, ret, success = env.reset(seed=seed + ep), False, 0.0, False
+        obs, done, ret, success = env.reset(seed=seed + ep)[0], False, 0.0, False
         while not done:
             obs, r, term, trunc, info = env.step(actor.act(obs["state"]))
             ret += info.get("dense_reward", r)
@@ -83,7 +83,7 @@ def train(env_id: str, steps: int, out: Path, seed: int = 0, eval_every: int = 1
     replay = Replay(sd, ad, steps)
     episodes, ladder = [], []  # experience log: per episode reset seed, actions, return
     ep_seed = seed * 100_000
-    obs, ep_actions, ep_ret = env.reset(seed=ep_seed), [], 0.0
+    obs, ep_actions, ep_ret = env.reset(seed=ep_seed)[0], [], 0.0
     bar = tqdm(range(1, steps + 1), desc=f"SAC {env_id}", mininterval=5)
     for step in bar:
         s = obs["state"]
@@ -97,7 +97,7 @@ def train(env_id: str, steps: int, out: Path, seed: int = 0, eval_every: int = 1
             episodes.append({"seed": ep_seed, "actions": np.stack(ep_actions), "return": ep_ret,
                              "end_step": step})
             ep_seed += 1
-            obs, ep_actions, ep_ret = env.reset(seed=ep_seed), [], 0.0
+            obs, ep_actions, ep_ret = env.reset(seed=ep_seed)[0], [], 0.0
         if step > seed_steps and step % update_every == 0:
             b = replay.sample(rng, batch)
             alpha = log_alpha.exp().detach()

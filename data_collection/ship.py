@@ -72,7 +72,7 @@ def behaviour_return(checkpoint: Path, env_id: str, episodes: int, seed: int = 9
     policy, env, returns = SACPolicy(checkpoint), make_env(env_id, render=False), []
     for i in range(episodes):
         # Seeds apart from the collector's (seed * 1_000_000 + i with small dataset seeds).
-        rng, obs, done, ret = np.random.default_rng([seed, i]), env.reset(seed=seed * 1_000_000 + i), False, 0.0
+        rng, obs, done, ret = np.random.default_rng([seed, i]), env.reset(seed=seed * 1_000_000 + i)[0], False, 0.0
         while not done:
             obs, r, term, trunc, _ = env.step(policy(obs, rng))
             ret, done = ret + r, term or trunc

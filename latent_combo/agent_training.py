@@ -34,10 +34,10 @@ def real_transitions(cfg: Config, wm, dataset, run_dir: Path, device) -> dict:
 
 
 def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, device,
-                steps: int | None = None, on_log=None) -> Agent:
+                steps: int | None = None, on_log=None, render: str = "fast") -> Agent:
     """Agent updates with rollout refreshes, logging, evaluation and checkpoints; resumes from agent.pt.
     `on_log(step, metrics)`, if given, sees the float metrics of every log step and evaluation (a sweep
-    passes them on to Ray Tune)."""
+    passes them on to Ray Tune). Evaluations render with the `render` settings (envs.RENDER_SETTINGS)."""
     c = cfg.agent
     wm.requires_grad_(False)
     feat_dim, action_dim = transitions["state"].shape[1], transitions["action"].shape[1]
@@ -108,7 +108,8 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         if step % c.eval_every == 0 and step < c.steps:
             # Frames come free from pixel evaluation; state-mode runs skip rendering altogether.
             result, frames = evaluate(wm, agent.actor, cfg.env, c.eval_episodes, device, seed=10_000 + step,
-                                      record=cfg.obs == "image", max_steps=cfg.eval_max_steps)
+                                      record=cfg.obs == "image", max_steps=cfg.eval_max_steps,
+                                      render_settings=render)
             log_eval(writer, result, frames, step)
             if on_log is not None:
                 on_log(step, {k: v for k, v in result.items() if isinstance(v, float)})

@@ -1,4 +1,4 @@
-"""`latent-combo` command line: collect, train, sweep, probe, eval, select, info, verify.
+"""`latent-combo` command line: collect, train, sweep, probe, eval, select, info, verify, manifest, export.
 
 The entry layer: the only place in latent_combo that imports data_collection (the dataset builders).
 """
@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from latent_combo.config import ALGOS, PRESETS, parse_overrides, resolve  # noqa: E402
-from latent_combo.envs import ENV_IDS  # noqa: E402
-from latent_combo.runs import FLAVOURS, load_checkpoint, load_config  # noqa: E402
+from latent_combo.envs import COLLECT_ENV_IDS, ENV_IDS, RENDER_SETTINGS  # noqa: E402
+from latent_combo.runs import FLAVOURS, dataset_dir, load_checkpoint, load_config  # noqa: E402
 from latent_combo.utils import atomic_write_text, flatten, pick_device  # noqa: E402
 
 
@@ -46,14 +46,35 @@ def cmd_info(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from latent_combo.data import verify
+    from latent_combo.data import METADATA, episode_files, read_metadata, verify
 
     problems = verify(a.dir)
     for p in problems:
         print(p, file=sys.stderr)
-    if not problems:
-        print(f"{a.dir}: every file matches metadata.json")
+    if read_metadata(a.dir) is None:
+        n = len(episode_files(a.dir))
+        print(f"{a.dir}: no {METADATA}, so no checksums to check against; the structure of "
+              f"{n - len(problems)} of {n} episode files is valid"
+              + ("" if problems else f" (`latent-combo manifest {a.dir}` writes a manifest)"))
+    elif not problems:
+        print(f"{a.dir}: every file matches {METADATA}")
     return 1 if problems else 0
+
+
+def cmd_manifest(a) -> int:
+    """Write metadata.json (checksums, returns, render settings) for a folder that has none, e.g. V-D4RL's."""
+    from latent_combo.data import METADATA, check_structure, read_metadata, write_metadata
+
+    d = Path(a.dir)
+    if read_metadata(d) is not None and not a.force:
+        raise ValueError(f"{d / METADATA}: already there (our collector's carries more than a manifest rebuilds); "
+                         "--force to overwrite")
+    problems = check_structure(d)
+    if problems:
+        raise ValueError("not writing a manifest over broken files:\n  " + "\n  ".join(problems))
+    meta = write_metadata(d, env=a.env, render=a.render, source=a.source)
+    print(f"{d / METADATA}: {meta['total_episodes']} episodes, {meta['total_steps']} steps, render {a.render!r}")
+    return 0
 
 
 def cmd_collect(a) -> int:
@@ -66,6 +87,20 @@ def cmd_collect(a) -> int:
         print("\ninterrupted: finished episodes are kept; rerun the same command to resume", file=sys.stderr)
         return 130
     return cmd_info(argparse.Namespace(dir=str(out), json=False))
+
+
+def cmd_export(a) -> int:
+    """A Minari dataset from one of ours, loaded back and compared with the folder."""
+    from latent_combo.export import check_round_trip, to_minari
+
+    exported = to_minari(a.dir, a.minari, lossless=a.lossless, env_id=a.env)
+    problems = check_round_trip(a.dir, exported)
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"minari dataset {a.minari!r}: {exported.total_episodes} episodes, {exported.total_steps} steps"
+          + (", loaded back: episodes, actions, rewards and states match" if not problems else "")
+          + ("" if a.lossless else "; images stored JPEG-encoded (lossy; --lossless keeps the exact pixels)"))
+    return 1 if problems else 0
 
 
 def cmd_train(a) -> int:
@@ -105,7 +140,6 @@ def cmd_probe(a) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     from latent_combo.data import OfflineDataset
-    from latent_combo.runs import dataset_dir
     from latent_combo.world_model_training import build_world_model, probe_world_model
 
     run_dir = Path(a.run_dir)
@@ -151,13 +185,20 @@ def cmd_eval(a) -> int:
     from latent_combo.world_model import WorldModel
 
     env = make_env(cfg.env, render=False)
+    results_path = run_dir / "results.json"
+    render = cfg.eval_render
+    if render == "auto":  # as at training time: recorded in results.json, else the dataset's own
+        from latent_combo.data import render_settings
+
+        saved = json.loads(results_path.read_text()) if results_path.exists() else {}
+        render = saved.get("eval_render") or render_settings(saved.get("dataset") or dataset_dir(cfg))
     wm = WorldModel(cfg.wm, cfg.obs, env.action_dim, env.state_dim, np.zeros(env.state_dim),
                     np.ones(env.state_dim)).to(device)
     wm.load_state_dict(wm_ckpt["model"])
     agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
     agent.load_state_dict(agent_ckpt["agent"])
     result, _ = evaluate(wm, agent.actor, cfg.env, a.eval_episodes, device, seed=a.seed,
-                         max_steps=cfg.eval_max_steps)
+                         max_steps=cfg.eval_max_steps, render_settings=render)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -207,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("collect", help="build an offline pixel dataset (data/ENV/FLAVOUR)")
-    s.add_argument("--env", required=True, choices=ENV_IDS)
+    s.add_argument("--env", required=True, choices=COLLECT_ENV_IDS)
     s.add_argument("--flavour", required=True, choices=FLAVOURS)
     s.add_argument("--episodes", type=int, default=200)
     s.add_argument("--out", default=None, help="dataset folder (default data/ENV/FLAVOUR)")
@@ -222,9 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("verify", help="check every episode file against metadata.json checksums")
+    s = sub.add_parser("verify", help="check every episode file against metadata.json checksums (without a "
+                                      "manifest: each file's structure)")
     s.add_argument("dir")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("manifest", help="write metadata.json (checksums, returns) for a folder without one")
+    s.add_argument("dir")
+    s.add_argument("--env", choices=ENV_IDS, help="the env the episodes come from (recorded; sets success stats)")
+    s.add_argument("--render", default="default", choices=RENDER_SETTINGS,
+                   help="how the frames were rendered (default: MuJoCo's defaults, as V-D4RL's were)")
+    s.add_argument("--source", default=None, help="where the files came from (recorded)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing metadata.json")
+    s.set_defaults(func=cmd_manifest)
+
+    s = sub.add_parser("export", help="write a dataset folder as a Minari dataset (loaded back and checked)")
+    s.add_argument("dir")
+    s.add_argument("--minari", required=True, metavar="NAME",
+                   help="Minari dataset id, e.g. latent_combo/walker-walk/medium-replay-v0")
+    s.add_argument("--lossless", action="store_true", help="store images as they are, not JPEG-encoded")
+    s.add_argument("--env", choices=ENV_IDS, help="the env (default: metadata.json's)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("train", help="world model, then COMBO (or a baseline), then evaluation")
     s.add_argument("--env", default="walker-walk", choices=ENV_IDS)

@@ -110,7 +110,7 @@ class AgentConfig:
 @dataclass(frozen=True)
 class Config:
     env: str = "walker-walk"
-    """walker-walk, sawyer-door or sawyer-door-close."""
+    """walker-walk, cheetah-run, humanoid-walk (V-D4RL folders only), sawyer-door or sawyer-door-close."""
     dataset: str = "medium-replay"
     """A flavour (medium, medium-replay, medium-expert, expert) under data/ENV/, or a folder path."""
     algo: str = "combo"
@@ -133,6 +133,9 @@ class Config:
     final_eval_episodes: int = 10
     eval_max_steps: int = 0
     """Cut evaluation episodes to this many agent steps (0: the env's full episode); for smoke tests."""
+    eval_render: str = "auto"
+    """How evaluation renders frames: 'auto' as the dataset's were (its metadata.json's `render`; MuJoCo's
+    defaults for a folder without a manifest, e.g. V-D4RL's), or 'fast' / 'default' (envs.RENDER_SETTINGS)."""
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
 
@@ -232,11 +235,14 @@ def resolve(preset: str = "cpu", env: str = "walker-walk", overrides: dict | Non
 
 
 def validate(cfg: Config) -> None:
-    from latent_combo.envs import check_env_id
+    from latent_combo.envs import RENDER_SETTINGS, check_env_id
 
     check_env_id(cfg.env)
     if cfg.algo not in ALGOS:
         raise ValueError(f"unknown algo {cfg.algo!r}; valid algos: {', '.join(ALGOS)}")
+    if cfg.eval_render not in ("auto", *RENDER_SETTINGS):
+        raise ValueError(f"config key 'eval_render': {cfg.eval_render!r}; expected 'auto', "
+                         + " or ".join(repr(s) for s in RENDER_SETTINGS))
     if cfg.obs not in ("image", "state"):
         raise ValueError(f"config key 'obs': {cfg.obs!r}; expected 'image' or 'state'")
     if cfg.agent.penalty_form not in ("logsumexp", "policy"):

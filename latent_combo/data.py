@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -34,6 +35,10 @@ METADATA = "metadata.json"
 
 class DatasetError(ValueError):
     """A dataset file is missing, corrupt, truncated or of the wrong shape; the message names it."""
+
+
+class DatasetWarning(UserWarning):
+    """Something in a dataset was repaired on load (the message says what and how many files)."""
 
 
 def sha256(path: str | Path) -> str:
@@ -82,8 +87,30 @@ def save_episode(path: str | Path, ep: dict) -> str:
     return digest
 
 
-def load_episode(path: str | Path, image_size: int | None = 64) -> dict:
-    """Read and validate one episode; any damage becomes a DatasetError naming the file."""
+FLAG_KEYS = ("is_first", "is_last", "is_terminal")
+
+
+def align_flags(ep: dict) -> bool:
+    """Some published V-D4RL files carry `is_first` / `is_last` / `is_terminal` one row longer than
+    `image`, `action` and `reward`. Row t of every array describes the same step, so the flags keep their
+    first rows; a True in the dropped last row (the episode's end) moves onto the new last row. Returns
+    whether anything was trimmed; any other length mismatch is left for `check_episode` to name."""
+    if "reward" not in ep:
+        return False
+    n, trimmed = len(ep["reward"]), False
+    for key in FLAG_KEYS:
+        x = ep.get(key)
+        if x is not None and x.ndim == 1 and len(x) == n + 1:
+            x = np.array(x[:n], dtype=np.bool_)
+            if key != "is_first" and n:
+                x[-1] |= bool(ep[key][n])
+            ep[key], trimmed = x, True
+    return trimmed
+
+
+def load_episode(path: str | Path, image_size: int | None = 64, aligned: list | None = None) -> dict:
+    """Read and validate one episode; any damage becomes a DatasetError naming the file. Flag arrays one
+    row longer than the data (V-D4RL) are aligned (`align_flags`), and the path appended to `aligned`."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -91,8 +118,18 @@ def load_episode(path: str | Path, image_size: int | None = 64) -> dict:
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
         raise DatasetError(f"{path}: unreadable episode file ({type(e).__name__}: {e}); "
                            "expected a compressed .npz written by save_episode") from e
+    if align_flags(ep) and aligned is not None:
+        aligned.append(path)
     check_episode(ep, str(path), image_size)
     return {k: v.astype(EPISODE_SPEC[k][0], copy=False) for k, v in ep.items() if k in EPISODE_SPEC}
+
+
+def warn_aligned(directory, aligned: list) -> None:
+    """One warning per dataset for the files whose flag arrays had to be aligned."""
+    if aligned:
+        warnings.warn(f"{directory}: {len(aligned)} of the episode files carry is_first / is_last / is_terminal "
+                      "one row longer than image / action / reward (as some V-D4RL files do); aligned to the "
+                      "data rows", DatasetWarning, stacklevel=3)
 
 
 def episode_files(directory: str | Path) -> list[Path]:
@@ -112,6 +149,14 @@ def read_metadata(directory: str | Path) -> dict | None:
         raise DatasetError(f"{p}: not valid JSON ({e})") from e
 
 
+def render_settings(directory: str | Path) -> str:
+    """How the folder's frames were rendered (envs.RENDER_SETTINGS): its manifest's `render`; 'fast' for a
+    manifest without one (our datasets made before the field existed); MuJoCo's 'default' for a folder
+    without a manifest (downloaded V-D4RL data, rendered with MuJoCo's defaults)."""
+    meta = read_metadata(directory)
+    return "default" if meta is None else meta.get("render", "fast")
+
+
 def episode_stats(rewards: list[np.ndarray], env: str | None) -> dict:
     """Batch Mean / Max / Min of episode returns, and for sparse-success envs the success rate (any
     positive reward): a dense-reward env such as walker-walk has no notion of success."""
@@ -129,7 +174,9 @@ def write_metadata(directory: str | Path, **fields) -> dict:
 
     d = Path(directory)
     files = episode_files(d)
-    eps = [load_episode(p, image_size=None) for p in files]
+    aligned: list[Path] = []
+    eps = [load_episode(p, image_size=None, aligned=aligned) for p in files]
+    warn_aligned(d, aligned)
     stats = episode_stats([e["reward"] for e in eps], fields.get("env")) if eps else {}
     meta = {
         "dataset_id": fields.pop("dataset_id", d.name),
@@ -144,12 +191,24 @@ def write_metadata(directory: str | Path, **fields) -> dict:
     return meta
 
 
+def check_structure(directory: str | Path) -> list[str]:
+    """Every episode file read and checked (keys, dtypes, shapes, row counts): one problem per bad file."""
+    problems = []
+    for p in episode_files(directory):
+        try:
+            load_episode(p, image_size=None)
+        except DatasetError as e:
+            problems.append(str(e))
+    return problems
+
+
 def verify(directory: str | Path) -> list[str]:
-    """Problems found comparing the folder to its manifest (empty list: all good)."""
+    """Problems found comparing the folder to its manifest (empty list: all good). A folder without a
+    manifest (a downloaded V-D4RL one) has no checksums to compare: its files' structure is checked."""
     d = Path(directory)
     meta = read_metadata(d)
     if meta is None:
-        return [f"{d / METADATA}: missing; expected a manifest with per-file sha256"]
+        return check_structure(d)
     problems, listed = [], meta.get("files", {})
     present = {p.name for p in episode_files(d)}
     for name in sorted(set(listed) - present):
@@ -175,7 +234,9 @@ class OfflineDataset:
             problems = verify(self.directory)
             if problems:
                 raise DatasetError("dataset does not match its manifest:\n  " + "\n  ".join(problems))
-        eps = [load_episode(p, image_size) for p in files]
+        aligned: list[Path] = []
+        eps = [load_episode(p, image_size, aligned) for p in files]
+        warn_aligned(self.directory, aligned)
         keys = [k for k in EPISODE_SPEC if all(k in e for e in eps)]
         for k in ("action", "state"):
             dims = {e[k].shape[1] for e in eps if k in e}

@@ -26,7 +26,7 @@ def ci95(values) -> float:
 @torch.no_grad()
 def run_episode(env, wm, actor, device, seed: int, record: bool = False):
     """One episode with the deterministic (mean) action. Returns return, success, frames (if record)."""
-    obs = env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)
     state = wm.rssm.initial(1, device)
     action = torch.zeros(1, 1, env.action_dim, device=device)
     is_first = torch.ones(1, 1, dtype=torch.bool, device=device)
@@ -46,11 +46,12 @@ def run_episode(env, wm, actor, device, seed: int, record: bool = False):
 
 
 def evaluate(wm, actor, env_id: str, episodes: int, device, seed: int = 0, record: bool = False,
-             max_steps: int = 0) -> dict:
-    """Mean return, walker normalised score (return / 10, V-D4RL's DMC convention), success rate, with
-    95% intervals; `frames` of the first episode when `record`."""
+             max_steps: int = 0, render_settings: str = "fast") -> dict:
+    """Mean return, dm_control normalised score (return / 10, V-D4RL's convention), success rate, with
+    95% intervals; `frames` of the first episode when `record`. Frames are rendered with `render_settings`
+    (envs.RENDER_SETTINGS): the ones the dataset's frames were made with."""
     render = wm.obs == "image" or record
-    env = make_env(env_id, render=render)
+    env = make_env(env_id, render=render, render_settings=render_settings)
     if max_steps:
         env.max_steps = min(env.max_steps, max_steps)
     returns, successes, frames = [], [], None

@@ -17,7 +17,7 @@ import yaml
 from latent_combo import report
 from latent_combo.agent_training import log_eval, real_transitions, train_agent
 from latent_combo.config import to_dict
-from latent_combo.data import OfflineDataset
+from latent_combo.data import OfflineDataset, render_settings
 from latent_combo.envs import SUCCESS_ENVS, check_rendering
 from latent_combo.evaluate import evaluate
 from latent_combo.runs import DatasetBuilder, dataset_dir, run_dir_for, save_config
@@ -47,6 +47,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     save_config(cfg, run_dir)
     print(f"run folder {run_dir}  (device {device}, dataset {data_path})")
     dataset = OfflineDataset(data_path)
+    render = eval_render_settings(cfg, data_path)
     writer = SummaryWriter(str(run_dir))
     if not (run_dir / "wm.pt").exists():
         writer.add_text("hyperparameters", "\n".join(f"    {line}" for line in
@@ -70,9 +71,9 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     transitions = real_transitions(cfg, wm, dataset, run_dir, device)
     dataset_stats = dataset.stats()
     del dataset  # images are no longer needed; the agent works on latents
-    agent = train_agent(cfg, wm, transitions, run_dir, writer, device, on_log=on_log)
+    agent = train_agent(cfg, wm, transitions, run_dir, writer, device, on_log=on_log, render=render)
     result, frames = evaluate(wm, agent.actor, cfg.env, cfg.final_eval_episodes, device, seed=1_000_000,
-                              record=cfg.obs == "image", max_steps=cfg.eval_max_steps)
+                              record=cfg.obs == "image", max_steps=cfg.eval_max_steps, render_settings=render)
     log_eval(writer, result, frames, cfg.agent.steps, final=True)
     log_run_hparams(writer, cfg, data_path, result, agent.last_metrics.get("regulariser_tail_mean"), probe)
     if frames:
@@ -81,7 +82,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
         imageio.mimsave(run_dir / "final_eval.gif", frames[::2], duration=0.05)
     writer.close()
     results = {"env": cfg.env, "dataset": str(data_path), "algo": cfg.algo, "obs": cfg.obs, "seed": cfg.seed,
-               "preset": cfg.preset, **result,
+               "preset": cfg.preset, "eval_render": render, **result,
                # Averaged over the last tenth of the updates (see agent_training.train_agent).
                "final_regulariser": agent.last_metrics.get("regulariser_tail_mean"),
                "final_q_mean": agent.last_metrics.get("q_mean"),
@@ -90,6 +91,11 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
                "run_dir": str(run_dir)}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     return results
+
+
+def eval_render_settings(cfg, data_path) -> str:
+    """`cfg.eval_render`, with 'auto' resolved to how the dataset's frames were rendered."""
+    return render_settings(data_path) if cfg.eval_render == "auto" else cfg.eval_render
 
 
 def log_run_hparams(writer, cfg, data_path, result: dict, regulariser, probe: dict) -> None:

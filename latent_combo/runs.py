@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from latent_combo.config import Config, from_dict, to_dict
+from latent_combo.envs import COLLECT_ENV_IDS
 from latent_combo.utils import atomic_save, atomic_write_text
 
 FLAVOURS = ("medium", "medium-replay", "medium-expert", "expert")
@@ -39,6 +40,9 @@ def dataset_dir(cfg: Config, build: DatasetBuilder | None = None) -> Path:
         full = Path("data") / cfg.env / cfg.dataset
         if (full / "metadata.json").exists():
             return full
+        if cfg.env not in COLLECT_ENV_IDS:
+            raise FileNotFoundError(f"no dataset at {full}: {cfg.env} has no behaviour policies or datasets of "
+                                    "our own; pass a V-D4RL folder with --dataset PATH (README, 'V-D4RL data')")
         small = Path("data") / cfg.env / f"{cfg.dataset}-{cfg.default_episodes}ep"
         if not (small / "metadata.json").exists():
             collect = "make collect-sawyer" if cfg.env.startswith("sawyer") else "make collect-walker"

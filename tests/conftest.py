@@ -49,7 +49,7 @@ def random_policy_dataset(env_id: str, directory, episodes: int = 3, steps: int 
     env = make_env(env_id)
     rng = np.random.default_rng(0)
     for i in range(episodes):
-        obs = env.reset(seed=i)
+        obs, _ = env.reset(seed=i)
         rows = [dict(image=obs["image"], state=obs["state"], action=np.zeros(env.action_dim), reward=0.0)]
         for _ in range(steps):
             a = rng.uniform(-1, 1, env.action_dim)

@@ -169,7 +169,7 @@ def test_sawyer_noise_schedule():
 def test_door_close_relabelling(tmp_path):
     # The offset rule agrees with door-close-v3's own goal (door + (0.2, -0.2, 0)) along an opening episode.
     env = make_env("sawyer-door", render=False)
-    obs = env.reset(seed=0)
+    obs, _ = env.reset(seed=0)
     goal = env._env.obj_init_pos + np.array([0.2, -0.2, 0.0])
     pol, rng, closed = P.behaviour_policy("sawyer-door", "expert"), np.random.default_rng(0), []
     for _ in range(60):
@@ -273,7 +273,7 @@ def test_shipped_checkpoints_load_and_act(part):
                     "data_collection.ship --env walker-walk)")
     pol = P.behaviour_policy("walker-walk", part)
     env = make_env("walker-walk", render=False)
-    obs, rng = env.reset(seed=0), np.random.default_rng(0)
+    obs, rng = env.reset(seed=0)[0], np.random.default_rng(0)
     for _ in range(5):
         a = pol(obs, rng)
         assert a.shape == (6,) and np.abs(a).max() <= 1

@@ -7,7 +7,7 @@ from latent_combo.envs import ENV_IDS, make_env
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_shapes_dtypes_ranges(env_id):
     env = make_env(env_id)
-    obs = env.reset(seed=0)
+    obs, _ = env.reset(seed=0)
     assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
     assert obs["state"].shape == (env.state_dim,) and obs["state"].dtype == np.float32
     obs, reward, term, trunc, info = env.step(np.full(env.action_dim, 5.0))  # clipped to [-1, 1]
@@ -22,7 +22,7 @@ def test_same_seed_same_states(env_id):
     # States, not pixels: software rendering may differ by one intensity level between contexts.
     def rollout(seed):
         env = make_env(env_id, render=False)
-        states = [env.reset(seed=seed)["state"]]
+        states = [env.reset(seed=seed)[0]["state"]]
         rng = np.random.default_rng(0)
         for _ in range(10):
             states.append(env.step(rng.uniform(-1, 1, env.action_dim))[0]["state"])
@@ -57,7 +57,7 @@ def test_walker_reused_camera_renders_what_physics_render_does():
 def test_sawyer_image_is_upright():
     # Upright means the table (brown, lit from above) fills the lower image and the arm/background
     # the upper part; in the raw upside-down `corner` camera the brown wood sits in the top rows.
-    img = make_env("sawyer-door").reset(seed=0)["image"].astype(np.float32)
+    img = make_env("sawyer-door").reset(seed=0)[0]["image"].astype(np.float32)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
     wood = (r > g + 15) & (g > b) & (r < 200)  # brown: red > green > blue, not the bright red arm
     top, bottom = wood[:32].mean(), wood[32:].mean()
@@ -66,7 +66,7 @@ def test_sawyer_image_is_upright():
 
 def test_unknown_env_lists_valid_ids():
     with pytest.raises(ValueError, match="walker-walk.*sawyer-door"):
-        make_env("cheetah-run")
+        make_env("hopper-hop")
 
 
 def test_rendering_falls_back_from_egl_to_osmesa(monkeypatch, capsys):
