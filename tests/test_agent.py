@@ -39,6 +39,24 @@ def test_loss_terms_finite_scalars(form):
         assert all(np.isfinite(v) for v in m.values())
 
 
+def test_bc_fits_actions_clipped_at_the_bound():
+    # Behaviour actions clipped at +-1 (a scripted expert plus noise): BC must recover them. The
+    # tanh-Gaussian likelihood did not (its std inflated on the clipped targets): with these settings it
+    # read 55% of the signs and a mean error of 0.98; the squared error reads 100% and 0.05.
+    torch.manual_seed(0)
+    states = torch.randn(512, F)
+    target = torch.where(states[:, :1] > 0, 1.0, -1.0).expand(-1, A)
+    actions = (target + 0.2 * torch.randn(512, A)).clamp(-1, 1)
+    ag = Agent(agent_cfg(actor_lr=1e-3), "bc", F, A)
+    for _ in range(500):
+        idx = torch.randint(0, 512, (64,))
+        ag.update({"state": states[idx], "action": actions[idx]}, None)
+    with torch.no_grad():
+        pred, _ = ag.actor.sample(states, deterministic=True)
+    assert (pred.sign() == target).float().mean() > 0.95
+    assert (pred - target).abs().mean() < 0.2
+
+
 def test_batched_critic_matches_per_action_evaluation():
     torch.manual_seed(0)
     critic = Agent(agent_cfg(), "combo", F, A).critic
