@@ -1,4 +1,4 @@
-"""`latent-combo` command line: collect, train, sweep, probe, eval, select, info, verify, manifest, export.
+"""`latent-combo` command line: collect, train, sweep, probe, analyse, eval, select, info, verify, manifest, export.
 
 The entry layer: the only place in latent_combo that imports data_collection (the dataset builders).
 """
@@ -170,6 +170,45 @@ def cmd_probe(a) -> int:
     return 0
 
 
+def cmd_analyse(a) -> int:
+    """Uncertainty estimates against the true model error along rollouts (latent_combo.analyse)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from latent_combo.analyse import analyse, format_analysis, plot
+    from latent_combo.data import OfflineDataset
+    from latent_combo.world_model_training import build_world_model
+
+    run_dir = Path(a.run_dir)
+    cfg = load_config(run_dir)
+    ckpt = load_checkpoint(run_dir / "wm.pt")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: no wm.pt (train the world model first)")
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    dataset = OfflineDataset(a.dataset or results.get("dataset") or dataset_dir(cfg))
+    device = pick_device(a.device or cfg.device)
+    wm = build_world_model(cfg, dataset, device)
+    wm.load_state_dict(ckpt["model"])
+    figures, points = analyse(wm, dataset, device, a.horizon or cfg.agent.rollout_length, seed=cfg.seed)
+    print(format_analysis(figures))
+    fig = plot(points, figures, f"{cfg.env} {Path(dataset.directory).name} ({run_dir.name}): uncertainty vs "
+                                f"model error along {figures['horizon']}-step rollouts")
+    fig.savefig(run_dir / "uncertainty_vs_error.png", dpi=110)
+    writer = SummaryWriter(str(run_dir))
+    from latent_combo import report
+
+    report.log_scalars(writer, {f"analysis/{k}": v for k, v in figures.items()
+                                if k.endswith(("_r2", "_slope"))}, ckpt["step"])
+    writer.add_figure("analysis/uncertainty_vs_error", fig, ckpt["step"])
+    writer.close()
+    atomic_write_text(run_dir / "analysis.json", json.dumps({"wm_step": ckpt["step"], "analysis": figures}, indent=1))
+    if results:
+        results["analysis"] = figures
+        atomic_write_text(results_path, json.dumps(results, indent=1))
+    print(f"{run_dir / 'uncertainty_vs_error.png'}, {run_dir / 'analysis.json'}")
+    return 0
+
+
 def cmd_eval(a) -> int:
     run_dir = Path(a.run_dir)
     cfg = load_config(run_dir)
@@ -316,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="recompute even if probe.json is current")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_probe)
+
+    s = sub.add_parser("analyse", help="uncertainty estimates (LOMPO's, Max Var) against the true model error "
+                                       "along rollouts with the dataset's actions; a scatter plot and R²")
+    s.add_argument("run_dir")
+    s.add_argument("--horizon", type=int, help="rollout steps (default: the run's agent.rollout_length)")
+    s.add_argument("--dataset", help="dataset folder (default: the run's own)")
+    s.add_argument("--device")
+    s.set_defaults(func=cmd_analyse)
 
     s = sub.add_parser("eval", help="evaluate a trained run in the simulator")
     s.add_argument("run_dir")

@@ -1,7 +1,8 @@
 """TensorBoard: one tag scheme with a description per tag, labelled image grids, HParams and a custom layout.
 
 Tags: `wm/` world model, `agent/` agent, `rollout/` model rollouts, `eval/` evaluations in the simulator,
-`probe/` the world-model probe, `speed/` updates per second. TensorBoard shows each description on hover.
+`probe/` the world-model probe, `analysis/` uncertainty vs model error (`latent-combo analyse`), `speed/`
+updates per second. TensorBoard shows each description on hover.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ DESCRIPTIONS = {
     "probe/separability": "held-out accuracy telling posterior from one-step prior features (0.5: indistinguishable)",
     "probe/reward_rmse_posterior": "reward head RMSE on held-out posterior features",
     "probe/reward_rmse_prior": "reward head RMSE on one-step prior features of held-out steps",
+    "analysis/{name}_vs_{name}_r2": "R² of a line fitted to model error (latent or state space) against an "
+                                    "uncertainty estimate (lompo, maxvar), both normalised to [0, 1]",
+    "analysis/{name}_vs_{name}_slope": "slope of that line (normalised units)",
     "speed/wm_updates_per_s": "world-model updates per second",
     "speed/agent_updates_per_s": "agent updates per second",
 }
