@@ -5,8 +5,8 @@ prior head per step as the agent's rollouts do. At every step two uncertainty es
 true error of the prediction:
 - uncertainty: LOMPO's (std over the K prior heads of log p_k(z | h) of the predicted z) and MOPO's
   "Max Var" (max over heads of the Frobenius norm of the head's diagonal covariance, sqrt(sum sigma^4));
-- error: in latent space, the distance of the predicted feature to the posterior feature (mean z) of the
-  real observation reached; and in state space, the probe's reading of the prediction against the true state
+- error: in latent space, the distance of the model's point prediction (the rollout's h, the heads' mean z)
+  to the posterior feature (mean z) of the real observation reached; and in state space, the probe's reading of the prediction against the true state
   (RMS over dimensions in units of each dimension's std), where the dataset stores the state.
 Both normalised to [0, 1] over the points; a least-squares line and its R² per (estimate, error) pair.
 """
@@ -51,10 +51,13 @@ def rollout_points(wm, dataset, device, rng: np.random.Generator, horizon: int, 
         log_p = torch.distributions.Normal(mean, std).log_prob(split["z"].unsqueeze(0)).sum(-1)  # (K, N, H)
         # The real step's posterior with its mean z: the error is the model's, not the posterior's sampling noise.
         truth = torch.cat([post["h"], post["post_mean"]], -1)[rows[:, None], span]
+        # The model's point prediction of the state reached: the rollout's h with the heads' mean z. Not the
+        # sampled z, whose own noise Max Var (the predicted variance) would predict by construction.
+        point = torch.cat([split["h"], mean.mean(0)], -1)
         pts["lompo"].append(log_p.std(0).cpu())
         pts["maxvar"].append(std.pow(4).sum(-1).sqrt().amax(0).cpu())
-        pts["latent"].append((feats - truth).norm(dim=-1).cpu())
-        pts["pred"].append(feats.cpu())
+        pts["latent"].append((point - truth).norm(dim=-1).cpu())
+        pts["pred"].append(point.cpu())
         pts["post"].append(truth.cpu())
         pts["step"].append(torch.arange(1, horizon + 1).expand(len(rows), -1))
         if "state" in eps[0]:
