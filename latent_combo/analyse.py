@@ -6,8 +6,9 @@ true error of the prediction:
 - uncertainty: LOMPO's (std over the K prior heads of log p_k(z | h) of the predicted z) and MOPO's
   "Max Var" (max over heads of the Frobenius norm of the head's diagonal covariance, sqrt(sum sigma^4));
 - error: in latent space, the distance of the model's point prediction (the rollout's h, the heads' mean z)
-  to the posterior feature (mean z) of the real observation reached; and in state space, the probe's reading of the prediction against the true state
-  (RMS over dimensions in units of each dimension's std), where the dataset stores the state.
+  to the posterior feature (mean z) of the real observation reached; and in state space, the probe's
+  reading of the prediction against the true state (RMS over dimensions in units of each dimension's std),
+  where the dataset stores the state.
 Both normalised to [0, 1] over the points; a least-squares line and its R² per (estimate, error) pair.
 """
 

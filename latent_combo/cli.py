@@ -156,7 +156,11 @@ def cmd_probe(a) -> int:
     if a.fresh:
         (run_dir / "probe.json").unlink(missing_ok=True)
     writer = SummaryWriter(str(run_dir))
-    probe = probe_world_model(cfg, wm, dataset, run_dir, writer, device)
+    import contextlib
+
+    # --json: stdout holds the JSON alone (a recomputed probe's printout goes to stderr).
+    with contextlib.redirect_stdout(sys.stderr if a.json else sys.stdout):
+        probe = probe_world_model(cfg, wm, dataset, run_dir, writer, device, nonlinear=a.mlp)
     writer.close()
     if results:
         results["probe"] = probe
@@ -353,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", help="dataset folder (default: the run's own)")
     s.add_argument("--device")
     s.add_argument("--fresh", action="store_true", help="recompute even if probe.json is current")
+    s.add_argument("--mlp", action="store_true", help="also an MLP's state R² (nonlinear; about a minute more)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_probe)
 

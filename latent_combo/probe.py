@@ -62,6 +62,23 @@ def fit_state_probe(x: np.ndarray, y: np.ndarray):
     return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 7))).fit(x, y)
 
 
+def nonlinear_r2(x_train, y_train, x_test, y_test, dims, rng, n: int = 40_000) -> float:
+    """Held-out R² (mean over `dims`) of an MLP (256 x 256, scikit-learn, early stopping) from features to the
+    standardised state, fitted on at most `n` training steps: what a nonlinear reader (the agent's networks
+    are nonlinear) finds that the ridge does not."""
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pick = rng.choice(len(x_train), min(n, len(x_train)), replace=False)
+    scale = StandardScaler().fit(y_train[:, dims])
+    mlp = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(256, 256), max_iter=60,
+                                                       early_stopping=True, random_state=0))
+    mlp.fit(x_train[pick], scale.transform(y_train[pick][:, dims]))
+    pred = scale.inverse_transform(mlp.predict(x_test))
+    return float(r2_per_dim(y_test[:, dims], pred, np.arange(len(dims))).mean())
+
+
 def r2_per_dim(y: np.ndarray, pred: np.ndarray, dims: np.ndarray) -> np.ndarray:
     from sklearn.metrics import r2_score
 
@@ -115,9 +132,9 @@ def open_loop_r2(wm, dataset, data: dict, test_eps, probe, dims, device, rng, ev
     return out
 
 
-def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 0.2) -> dict:
+def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 0.2, nonlinear: bool = False) -> dict:
     """Every probe figure as a flat dict (see the module docstring); {} with a reason for a dataset
-    without `state`."""
+    without `state`. `nonlinear` adds `state_r2_mlp` (an MLP's held-out R², about a minute more)."""
     if "state" not in dataset.arrays:
         return {"skipped": f"{dataset.directory}: no 'state' key in the episodes (e.g. V-D4RL): nothing to probe"}
     rng = np.random.default_rng(seed)
@@ -156,6 +173,8 @@ def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 
                 err = reward_of(data[name][test]) - data["reward"][test]
                 out[f"reward_rmse_{'posterior' if name == 'post' else 'prior'}"] = float(np.sqrt((err ** 2).mean()))
         out["reward_std"] = float(data["reward"][test].std())
+        if nonlinear:
+            out["state_r2_mlp"] = nonlinear_r2(data["post"][train], y[train], data["post"][test], y[test], dims, rng)
         out["separability"] = separability(data["post"][train], data["prior"][train], data["post"][test],
                                            data["prior"][test], rng)
     return out
@@ -166,9 +185,10 @@ def format_probe(p: dict) -> str:
     if "skipped" in p:
         return f"probe skipped: {p['skipped']}"
     groups = " ".join(f"{k[len('state_r2_'):]} {v:.3f}" for k, v in p.items()
-                      if k.startswith("state_r2_") and k != "state_r2_dims")
+                      if k.startswith("state_r2_") and k not in ("state_r2_dims", "state_r2_mlp"))
     lines = [f"state R² {p['state_r2']:.3f} held out ({p['episodes_test']} of "
              f"{p['episodes_train'] + p['episodes_test']} episodes){' | ' + groups if groups else ''}",
+             *([f"nonlinear (MLP) state R² {p['state_r2_mlp']:.3f}"] if "state_r2_mlp" in p else []),
              "open-loop R² " + "  ".join(f"h{h} {p[f'open_loop_r2_h{h}']:.3f}" for h in HORIZONS
                                          if f"open_loop_r2_h{h}" in p),
              f"reward RMSE posterior {p['reward_rmse_posterior']:.4f}  one-step prior {p['reward_rmse_prior']:.4f}"

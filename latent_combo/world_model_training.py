@@ -108,16 +108,17 @@ def log_open_loop(wm, dataset, rng, writer, step, device, context: int = 5, hori
             report.scalar(writer, f"wm/open_loop_mse_h{h}", err[:, h - 1].mean(), step)
 
 
-def probe_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_dir: Path, writer, device) -> dict:
+def probe_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_dir: Path, writer, device,
+                      nonlinear: bool = False) -> dict:
     """The probe figures of the trained world model (latent_combo.probe), cached in probe.json for its
     checkpoint step, logged under probe/ in TensorBoard and printed."""
     path, step = run_dir / "probe.json", load_checkpoint(run_dir / "wm.pt")["step"]
     if path.exists():
         cached = json.loads(path.read_text())
-        if cached.get("wm_step") == step:
+        if cached.get("wm_step") == step and (not nonlinear or "state_r2_mlp" in cached["probe"]):
             return cached["probe"]
     t0 = time.time()
-    result = run_probe(wm, dataset, cfg.env, device, seed=cfg.seed)
+    result = run_probe(wm, dataset, cfg.env, device, seed=cfg.seed, nonlinear=nonlinear)
     print(format_probe(result) + f"\n(probe: {time.time() - t0:.0f}s)")
     if "skipped" not in result:
         report.log_scalars(writer, {f"probe/{k}": v for k, v in result.items() if isinstance(v, float)}, step)

@@ -50,6 +50,9 @@ def test_probe_runs_after_the_world_model_stage(env_datasets, tmp_path, capsys):
     capsys.readouterr()
     assert cli(["probe", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["state_r2"] == pytest.approx(probe["state_r2"])
+    assert cli(["probe", str(run), "--json", "--mlp"]) == 0  # the cached figures plus the MLP's
+    again = json.loads(capsys.readouterr().out)
+    assert again["state_r2"] == pytest.approx(probe["state_r2"]) and np.isfinite(again["state_r2_mlp"])
 
 
 def test_probe_skips_a_dataset_without_state(tmp_path, capsys):
