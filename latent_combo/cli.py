@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 # Idle OpenMP threads sleep instead of spinning: with spinning, torch on 2 threads ran up to 100x slower
 # whenever another process (a collector, a second run) held a core. Must be set before torch loads.
@@ -46,17 +47,23 @@ def cmd_info(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from latent_combo.data import METADATA, episode_files, read_metadata, verify
+    from latent_combo.data import METADATA, check_structure, episode_files, read_metadata, verify
 
-    problems = verify(a.dir)
-    for p in problems:
-        print(p, file=sys.stderr)
     if read_metadata(a.dir) is None:
+        aligned: list = []
+        problems = check_structure(a.dir, aligned)
+        for p in problems:
+            print(p, file=sys.stderr)
         n = len(episode_files(a.dir))
         print(f"{a.dir}: no {METADATA}, so no checksums to check against; the structure of "
               f"{n - len(problems)} of {n} episode files is valid"
-              + ("" if problems else f" (`latent-combo manifest {a.dir}` writes a manifest)"))
-    elif not problems:
+              + (f" ({len(aligned)} with flag arrays one row longer, aligned on load)" if aligned else "")
+              + ("" if problems else f"; `latent-combo manifest {a.dir}` writes a manifest"))
+        return 1 if problems else 0
+    problems = verify(a.dir)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if not problems:
         print(f"{a.dir}: every file matches {METADATA}")
     return 1 if problems else 0
 
@@ -382,9 +389,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Dataset repairs read as one line from the command, not as a Python source location."""
+    from latent_combo.data import DatasetWarning
+
+    if issubclass(category, DatasetWarning):
+        print(f"latent-combo: warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
 def main(argv=None) -> int:
     from latent_combo.data import DatasetError
 
+    warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

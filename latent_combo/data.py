@@ -191,12 +191,13 @@ def write_metadata(directory: str | Path, **fields) -> dict:
     return meta
 
 
-def check_structure(directory: str | Path) -> list[str]:
-    """Every episode file read and checked (keys, dtypes, shapes, row counts): one problem per bad file."""
+def check_structure(directory: str | Path, aligned: list | None = None) -> list[str]:
+    """Every episode file read and checked (keys, dtypes, shapes, row counts): one problem per bad file.
+    Files whose flag arrays needed aligning (`align_flags`) are appended to `aligned`."""
     problems = []
     for p in episode_files(directory):
         try:
-            load_episode(p, image_size=None)
+            load_episode(p, image_size=None, aligned=aligned)
         except DatasetError as e:
             problems.append(str(e))
     return problems

@@ -57,7 +57,7 @@ def test_verify_without_manifest_checks_structure_and_manifest_writes_one(tmp_pa
     d = vd4rl_folder(tmp_path / "vd4rl", longer_flags=True)
     assert cli(["verify", str(d)]) == 0
     out = capsys.readouterr().out
-    assert "no metadata.json, so no checksums" in out and "3 of 3 episode files is valid" in out
+    assert "no metadata.json, so no checksums" in out and "3 of 3 episode files is valid (3 with flag" in out
     assert cli(["manifest", str(d), "--env", "cheetah-run"]) == 0
     meta = read_metadata(d)
     assert meta["render"] == "default" and meta["env"] == "cheetah-run" and len(meta["files"]) == 3
