@@ -93,11 +93,15 @@ def check_rendering() -> str:
     return _checked_gl
 
 
-def apply_render_settings(model, settings: str) -> None:
-    """`fast`: multisampling and shadows off (they cost 4-6x render time on software GL); `default`: as is."""
+def check_render_settings(settings: str) -> str:
     if settings not in RENDER_SETTINGS:
         raise ValueError(f"unknown render settings {settings!r}; valid: {', '.join(RENDER_SETTINGS)}")
-    if settings == "fast":
+    return settings
+
+
+def apply_render_settings(model, settings: str) -> None:
+    """`fast`: multisampling and shadows off (they cost 4-6x render time on software GL); `default`: as is."""
+    if check_render_settings(settings) == "fast":
         model.vis.quality.offsamples = 0
         model.vis.quality.shadowsize = 0
 
@@ -138,9 +142,7 @@ class DMCEnv(PixelEnv):
         self.env_id = env_id
         self.domain, self.task, self.action_dim, self.state_dim = DMC_TASKS[env_id]
         self.size, self.action_repeat, self.render_frames = size, action_repeat, render
-        if render_settings not in RENDER_SETTINGS:
-            raise ValueError(f"unknown render settings {render_settings!r}; valid: {', '.join(RENDER_SETTINGS)}")
-        self.render_settings = render_settings
+        self.render_settings = check_render_settings(render_settings)  # applied when the env first loads
         self.max_steps = EPISODE_STEPS[env_id]
         self._env = self._cam = self._cam_physics = None
         self._init_spaces(size, render)
