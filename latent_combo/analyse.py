@@ -148,3 +148,33 @@ def format_analysis(f: dict) -> str:
         est, space = key[:-len("_r2")].split("_vs_")
         lines.append(f"{est:<8} {space:<7} {f[key]:>7.3f} {f[f'{est}_vs_{space}_slope']:>7.3f}")
     return "\n".join(lines)
+
+
+def analyse_run(run_dir, horizon: int | None = None, dataset_path=None, device=None) -> dict:
+    """`latent-combo analyse`: the analysis of a run folder's world model, written to analysis.json, the
+    run's results.json (if finished), uncertainty_vs_error.png and TensorBoard (`analysis/`)."""
+    import json
+    from pathlib import Path
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from latent_combo import report
+    from latent_combo.utils import atomic_write_text
+    from latent_combo.world_model_training import load_trained_world_model
+
+    run_dir = Path(run_dir)
+    cfg, wm, dataset, device, step, results = load_trained_world_model(run_dir, dataset_path, device)
+    figures, points = analyse(wm, dataset, device, horizon or cfg.agent.rollout_length, seed=cfg.seed)
+    fig = plot(points, figures, f"{cfg.env} {Path(dataset.directory).name} ({run_dir.name}): uncertainty vs "
+                                f"model error along {figures['horizon']}-step rollouts")
+    fig.savefig(run_dir / "uncertainty_vs_error.png", dpi=110)
+    writer = SummaryWriter(str(run_dir))
+    report.log_scalars(writer, {f"analysis/{k}": v for k, v in figures.items() if k.endswith(("_r2", "_slope"))},
+                       step)
+    writer.add_figure("analysis/uncertainty_vs_error", fig, step)
+    writer.close()
+    atomic_write_text(run_dir / "analysis.json", json.dumps({"wm_step": step, "analysis": figures}, indent=1))
+    if results:
+        results["analysis"] = figures
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    return figures

@@ -144,79 +144,36 @@ def cmd_sweep(a) -> int:
 
 def cmd_probe(a) -> int:
     """Probe a run folder's world model on the dataset it was trained on; updates probe.json and results.json."""
+    import contextlib
+
     from torch.utils.tensorboard import SummaryWriter
 
-    from latent_combo.data import OfflineDataset
-    from latent_combo.world_model_training import build_world_model, probe_world_model
+    from latent_combo.probe import format_probe
+    from latent_combo.world_model_training import load_trained_world_model, probe_world_model
 
     run_dir = Path(a.run_dir)
-    cfg = load_config(run_dir)
-    ckpt = load_checkpoint(run_dir / "wm.pt")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no wm.pt (train the world model first)")
-    results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    dataset = OfflineDataset(a.dataset or results.get("dataset") or dataset_dir(cfg))
-    device = pick_device(a.device or cfg.device)
-    wm = build_world_model(cfg, dataset, device)
-    wm.load_state_dict(ckpt["model"])
+    cfg, wm, dataset, device, _, results = load_trained_world_model(run_dir, a.dataset, a.device)
     if a.fresh:
         (run_dir / "probe.json").unlink(missing_ok=True)
     writer = SummaryWriter(str(run_dir))
-    import contextlib
-
     # --json: stdout holds the JSON alone (a recomputed probe's printout goes to stderr).
     with contextlib.redirect_stdout(sys.stderr if a.json else sys.stdout):
         probe = probe_world_model(cfg, wm, dataset, run_dir, writer, device, nonlinear=a.mlp)
     writer.close()
     if results:
         results["probe"] = probe
-        atomic_write_text(results_path, json.dumps(results, indent=1))
-    if a.json:
-        print(json.dumps(probe, indent=1))
-    else:
-        from latent_combo.probe import format_probe
-
-        print(format_probe(probe))
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    print(json.dumps(probe, indent=1) if a.json else format_probe(probe))
     return 0
 
 
 def cmd_analyse(a) -> int:
     """Uncertainty estimates against the true model error along rollouts (latent_combo.analyse)."""
-    from torch.utils.tensorboard import SummaryWriter
+    from latent_combo.analyse import analyse_run, format_analysis
 
-    from latent_combo.analyse import analyse, format_analysis, plot
-    from latent_combo.data import OfflineDataset
-    from latent_combo.world_model_training import build_world_model
-
-    run_dir = Path(a.run_dir)
-    cfg = load_config(run_dir)
-    ckpt = load_checkpoint(run_dir / "wm.pt")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no wm.pt (train the world model first)")
-    results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    dataset = OfflineDataset(a.dataset or results.get("dataset") or dataset_dir(cfg))
-    device = pick_device(a.device or cfg.device)
-    wm = build_world_model(cfg, dataset, device)
-    wm.load_state_dict(ckpt["model"])
-    figures, points = analyse(wm, dataset, device, a.horizon or cfg.agent.rollout_length, seed=cfg.seed)
+    figures = analyse_run(a.run_dir, a.horizon, a.dataset, a.device)
     print(format_analysis(figures))
-    fig = plot(points, figures, f"{cfg.env} {Path(dataset.directory).name} ({run_dir.name}): uncertainty vs "
-                                f"model error along {figures['horizon']}-step rollouts")
-    fig.savefig(run_dir / "uncertainty_vs_error.png", dpi=110)
-    writer = SummaryWriter(str(run_dir))
-    from latent_combo import report
-
-    report.log_scalars(writer, {f"analysis/{k}": v for k, v in figures.items()
-                                if k.endswith(("_r2", "_slope"))}, ckpt["step"])
-    writer.add_figure("analysis/uncertainty_vs_error", fig, ckpt["step"])
-    writer.close()
-    atomic_write_text(run_dir / "analysis.json", json.dumps({"wm_step": ckpt["step"], "analysis": figures}, indent=1))
-    if results:
-        results["analysis"] = figures
-        atomic_write_text(results_path, json.dumps(results, indent=1))
-    print(f"{run_dir / 'uncertainty_vs_error.png'}, {run_dir / 'analysis.json'}")
+    print(f"{Path(a.run_dir) / 'uncertainty_vs_error.png'}, {Path(a.run_dir) / 'analysis.json'}")
     return 0
 
 

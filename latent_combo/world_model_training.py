@@ -124,3 +124,22 @@ def probe_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
         report.log_scalars(writer, {f"probe/{k}": v for k, v in result.items() if isinstance(v, float)}, step)
     atomic_write_text(path, json.dumps({"wm_step": step, "probe": result}, indent=1))
     return result
+
+
+def load_trained_world_model(run_dir: Path, dataset_path=None, device=None):
+    """A run folder's trained world model with its config, the dataset it was trained on (or
+    `dataset_path`), the device, the wm.pt step and the run's results.json ({} before the run finished)."""
+    from latent_combo.runs import dataset_dir, load_config
+    from latent_combo.utils import pick_device
+
+    cfg = load_config(run_dir)
+    ckpt = load_checkpoint(run_dir / "wm.pt")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: no wm.pt (train the world model first)")
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    dataset = OfflineDataset(dataset_path or results.get("dataset") or dataset_dir(cfg))
+    device = pick_device(device or cfg.device)
+    wm = build_world_model(cfg, dataset, device)
+    wm.load_state_dict(ckpt["model"])
+    return cfg, wm, dataset, device, ckpt["step"], results
