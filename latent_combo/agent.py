@@ -4,7 +4,7 @@
     lompo  Bellman on the same mixture, no critic penalty; rollout reward minus lambda * head disagreement
     lmbpo  Bellman on the same mixture, no penalty of any kind
     cql    f = 1 (no rollouts), Q pushed down on dataset states, up on dataset pairs
-    bc     maximum likelihood of dataset actions, no critic
+    bc     the dataset's actions regressed (agent.bc_loss: squared error, or the likelihood), no critic
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class Agent(nn.Module):
         return {**metrics, **am}
 
     def update_bc(self, real: dict):
-        loss, metrics = losses.bc_loss(self.actor, real["state"], real["action"])
+        loss, metrics = losses.bc_loss(self.actor, real["state"], real["action"], self.cfg.bc_loss)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()

@@ -103,7 +103,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
                 on_log(step, {k: v for k, v in metrics.items() if isinstance(v, float)})
             metrics["updates_per_s"] = (step - start) / (time.time() - t0)
             report.scalar(writer, "speed/agent_updates_per_s", metrics["updates_per_s"], step)
-            bar.set_postfix({k: f"{metrics[k]:.2f}" for k in ("q_mean", "regulariser", "bc_mse")
+            bar.set_postfix({k: f"{metrics[k]:.2f}" for k in ("q_mean", "regulariser", "bc_mse", "bc_nll")
                              if k in metrics})
         if step % c.eval_every == 0 and step < c.steps:
             # Frames come free from pixel evaluation; state-mode runs skip rendering altogether.

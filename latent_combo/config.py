@@ -78,6 +78,9 @@ class AgentConfig:
     """f of eq. 2: share of each Bellman batch drawn from real transitions (the rest from rollouts)."""
     beta: float = 1.0
     """Weight of the conservative regulariser of eq. 2."""
+    bc_loss: str = "mse"
+    """BC's loss: 'mse' (squared error of the deterministic action; chosen by held-out action error on sawyer
+    and walker) or 'nll' (tanh-Gaussian likelihood; see losses.bc_loss)."""
     penalty_form: str = "logsumexp"
     """'logsumexp' (CQL(H) soft maximum over sampled actions) or 'policy' (eq. 2 as written)."""
     penalty_actions: int = 10
@@ -248,6 +251,8 @@ def validate(cfg: Config) -> None:
     if cfg.agent.penalty_form not in ("logsumexp", "policy"):
         raise ValueError(f"config key 'agent.penalty_form': {cfg.agent.penalty_form!r}; "
                          "expected 'logsumexp' or 'policy'")
+    if cfg.agent.bc_loss not in ("mse", "nll"):
+        raise ValueError(f"config key 'agent.bc_loss': {cfg.agent.bc_loss!r}; expected 'mse' or 'nll'")
     if not 0.0 <= cfg.agent.real_ratio <= 1.0:
         raise ValueError(f"config key 'agent.real_ratio': {cfg.agent.real_ratio}; expected in [0, 1]")
     if cfg.algo == "combo" and not 0.0 < cfg.agent.real_ratio < 1.0:

@@ -39,6 +39,7 @@ DESCRIPTIONS = {
     "agent/alpha": "entropy temperature",
     "agent/alpha_loss": "temperature loss (tracks the target entropy)",
     "agent/entropy": "policy entropy estimate -log pi on the actor's states",
+    "agent/bc_nll": "behaviour cloning (agent.bc_loss=nll): negative log-likelihood of dataset actions",
     "agent/bc_mse": "behaviour cloning: squared error of the deterministic action to the dataset's, summed over dims",
     "rollout/reward": "mean predicted reward of the latest model-rollout refresh",
     "rollout/disagreement": "LOMPO: std over prior heads of log p_k(z'|h') on the latest refresh (before lambda)",

@@ -39,22 +39,25 @@ def test_loss_terms_finite_scalars(form):
         assert all(np.isfinite(v) for v in m.values())
 
 
-def test_bc_fits_actions_clipped_at_the_bound():
-    # Behaviour actions clipped at +-1 (a scripted expert plus noise): BC must recover them. The
-    # tanh-Gaussian likelihood did not (its std inflated on the clipped targets): with these settings it
-    # read 55% of the signs and a mean error of 0.98; the squared error reads 100% and 0.05.
+@pytest.mark.parametrize("form", ["mse", "nll"])
+def test_bc_fits_actions_clipped_at_the_bound(form):
+    # Behaviour actions clipped at +-1 (a scripted expert plus noise): the squared error recovers them; the
+    # tanh-Gaussian likelihood (agent.bc_loss=nll) does not, its std inflating on the clipped targets.
     torch.manual_seed(0)
     states = torch.randn(512, F)
     target = torch.where(states[:, :1] > 0, 1.0, -1.0).expand(-1, A)
     actions = (target + 0.2 * torch.randn(512, A)).clamp(-1, 1)
-    ag = Agent(agent_cfg(actor_lr=1e-3), "bc", F, A)
+    ag = Agent(agent_cfg(actor_lr=1e-3, bc_loss=form), "bc", F, A)
     for _ in range(500):
         idx = torch.randint(0, 512, (64,))
         ag.update({"state": states[idx], "action": actions[idx]}, None)
     with torch.no_grad():
         pred, _ = ag.actor.sample(states, deterministic=True)
-    assert (pred.sign() == target).float().mean() > 0.95
-    assert (pred - target).abs().mean() < 0.2
+    signs, error = (pred.sign() == target).float().mean(), (pred - target).abs().mean()
+    if form == "mse":
+        assert signs > 0.95 and error < 0.2
+    else:  # measured: 55% of the signs, mean error 0.98
+        assert signs < 0.8 and error > 0.5
 
 
 def test_batched_critic_matches_per_action_evaluation():
