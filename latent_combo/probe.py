@@ -173,10 +173,10 @@ def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 
                 err = reward_of(data[name][test]) - data["reward"][test]
                 out[f"reward_rmse_{'posterior' if name == 'post' else 'prior'}"] = float(np.sqrt((err ** 2).mean()))
         out["reward_std"] = float(data["reward"][test].std())
-        if nonlinear:
-            out["state_r2_mlp"] = nonlinear_r2(data["post"][train], y[train], data["post"][test], y[test], dims, rng)
         out["separability"] = separability(data["post"][train], data["prior"][train], data["post"][test],
                                            data["prior"][test], rng)
+        if nonlinear:  # last: its draws from rng leave every other figure as without it
+            out["state_r2_mlp"] = nonlinear_r2(data["post"][train], y[train], data["post"][test], y[test], dims, rng)
     return out
 
 
