@@ -43,7 +43,7 @@ def minari_episodes(ds: OfflineDataset) -> list:
 def to_minari(directory: str | Path, dataset_id: str, lossless: bool = False, env_id: str | None = None):
     """Write the dataset folder `directory` as the Minari dataset `dataset_id` (under Minari's data path,
     $MINARI_DATASETS_PATH or ~/.minari/datasets). Minari stores images JPEG-encoded by default (lossy);
-    `lossless` keeps the exact pixels at several times the size. Returns the loaded MinariDataset."""
+    `lossless` keeps the exact pixels (larger files). Returns the loaded MinariDataset."""
     import gymnasium as gym
     import minari
 
