@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from latent_combo.latent import padded_episodes
-from latent_combo.probe import fit_state_probe
+from latent_combo.probe import fit_state_probe, varying_dims
 
 ESTIMATES = ("lompo", "maxvar")
 
@@ -70,13 +70,16 @@ def rollout_points(wm, dataset, device, rng: np.random.Generator, horizon: int, 
     return {k: torch.cat(v).flatten(0, 1).numpy() for k, v in pts.items() if v}
 
 
+def unit(v: np.ndarray) -> np.ndarray:
+    """Min-max normalised to [0, 1] (zeros for a constant)."""
+    v = v.astype(np.float64)
+    span = v.max() - v.min()
+    return (v - v.min()) / span if span > 0 else np.zeros_like(v)
+
+
 def linear_fit(x: np.ndarray, y: np.ndarray) -> dict:
     """Both normalised to [0, 1]; the least-squares line y = a x + b and its R²."""
-    def unit(v):
-        span = v.max() - v.min()
-        return (v - v.min()) / span if span > 0 else np.zeros_like(v)
-
-    x, y = unit(x.astype(np.float64)), unit(y.astype(np.float64))
+    x, y = unit(x), unit(y)
     slope, intercept = np.polyfit(x, y, 1)
     resid = y - (slope * x + intercept)
     r2 = 1 - resid.var() / y.var() if y.var() > 0 else 0.0
@@ -94,8 +97,7 @@ def analyse(wm, dataset, device, horizon: int, seed: int = 0) -> tuple[dict, dic
         # The probe's regression, fitted on the posterior features of the same steps (the points are
         # rollout predictions, not what it was fitted on); errors in units of each dimension's std.
         y = p["state"]
-        std = y.std(0)
-        dims = np.flatnonzero(std > 1e-3 * std.max())
+        std, dims = y.std(0), varying_dims(y)
         probe = fit_state_probe(p["post"], y[:, dims])
         errors["state"] = np.sqrt((((probe.predict(p["pred"]) - y[:, dims]) / std[dims]) ** 2).mean(1))
     out = {"horizon": horizon, "points": int(len(p["step"]))}
@@ -125,8 +127,7 @@ def plot(points: dict, figures: dict, title: str, limit: int = 4000, seed: int =
     pick = np.random.default_rng(seed).permutation(len(points["step"]))[:limit]
     for i, space in enumerate(spaces):
         for j, est in enumerate(ESTIMATES):
-            ax, x, y = axes[i, j], points[est].astype(np.float64), points[f"error_{space}"].astype(np.float64)
-            x, y = (x - x.min()) / max(np.ptp(x), 1e-12), (y - y.min()) / max(np.ptp(y), 1e-12)
+            ax, x, y = axes[i, j], unit(points[est]), unit(points[f"error_{space}"])
             sc = ax.scatter(x[pick], y[pick], c=points["step"][pick], s=3, alpha=0.4, cmap="viridis")
             a, b, r2 = (figures[f"{est}_vs_{space}_{k}"] for k in ("slope", "intercept", "r2"))
             ax.plot([0, 1], [b, a + b], "r-", lw=1.5)

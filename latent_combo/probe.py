@@ -62,6 +62,14 @@ def fit_state_probe(x: np.ndarray, y: np.ndarray):
     return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 7))).fit(x, y)
 
 
+def varying_dims(y: np.ndarray) -> np.ndarray:
+    """Dimensions of the state worth scoring: (near-)constant ones have no meaningful R². Sawyer's padding is
+    exactly 0, its goal and handle height jitter by 0.02-0.06 mm (std 1e-5 m): a relative cut at 1e-3 of
+    the widest dimension's std drops both and keeps all of walker's (min 0.34)."""
+    std = y.std(0)
+    return np.flatnonzero(std > 1e-3 * std.max())
+
+
 def nonlinear_r2(x_train, y_train, x_test, y_test, dims, rng, n: int = 40_000) -> float:
     """Held-out R² (mean over `dims`) of an MLP (256 x 256, scikit-learn, early stopping) from features to the
     standardised state, fitted on at most `n` training steps: what a nonlinear reader (the agent's networks
@@ -149,11 +157,7 @@ def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 
         if not train.any():
             raise ValueError(f"{dataset.directory}: the probe needs at least 2 episodes")
         y = data["state"]
-        # Dimensions (near-)constant over the dataset have no meaningful R²: scored on the rest. Sawyer's
-        # padding is exactly 0, its goal and handle height jitter by 0.02-0.06 mm (std 1e-5 m): a relative
-        # cut at 1e-3 of the widest dimension's std drops both and keeps all of walker's (min 0.34).
-        std = y.std(0)
-        dims = np.flatnonzero(std > 1e-3 * std.max())
+        dims = varying_dims(y)
         probe = fit_state_probe(data["post"][train], y[train])
         pred = probe.predict(data["post"][test])
         r2 = r2_per_dim(y[test], pred, dims)
