@@ -81,11 +81,23 @@ class Agent(nn.Module):
         loss.backward()
         self.actor_opt.step()
         self.critic.requires_grad_(True)
+        return {**metrics, **self.update_alpha(logp)}
+
+    def warm_start_actor(self, real: dict) -> dict:
+        """The BC warm start's actor step (losses.warm_start_actor_loss) on dataset pairs, then the temperature."""
+        loss, metrics, logp = losses.warm_start_actor_loss(self.actor, self.log_alpha.exp().detach(), real["state"],
+                                                           real["action"], self.cfg.bc_loss)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        return {**metrics, **self.update_alpha(logp)}
+
+    def update_alpha(self, logp: torch.Tensor) -> dict:
         a_loss, am = losses.alpha_loss(self.log_alpha, logp, self.target_entropy)
         self.alpha_opt.zero_grad(set_to_none=True)
         a_loss.backward()
         self.alpha_opt.step()
-        return {**metrics, **am}
+        return am
 
     def update_bc(self, real: dict):
         loss, metrics = losses.bc_loss(self.actor, real["state"], real["action"], self.cfg.bc_loss)
@@ -94,10 +106,15 @@ class Agent(nn.Module):
         self.actor_opt.step()
         return metrics
 
-    def update(self, real: dict, model: dict | None) -> dict:
+    def update(self, real: dict, model: dict | None, bc_actor: bool = False) -> dict:
+        """One update. `bc_actor` (the warm start, agent.bc_warmup): the critic's step as usual, the actor's on
+        the BC loss plus the entropy term, then the temperature."""
         if self.algo == "bc":
             return self.update_bc(real)
         metrics = self.update_critic(real, model)
+        if bc_actor:
+            metrics.update(self.warm_start_actor(real))
+            return metrics
         states = real["state"] if model is None else torch.cat([real["state"], model["state"]])
         metrics.update(self.update_actor(states))
         return metrics

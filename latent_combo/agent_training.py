@@ -86,7 +86,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
             model_buf.add(batch)
         real_batch = real.sample(n_real)
         model_batch = model_buf.sample(c.batch - n_real) if agent.uses_rollouts else None
-        metrics = agent.update(real_batch, model_batch)
+        metrics = agent.update(real_batch, model_batch, bc_actor=step <= c.bc_warmup)
         finite.add(metrics, step)
         if "regulariser" in metrics:
             reg_tail.append(metrics["regulariser"])

@@ -81,6 +81,10 @@ class AgentConfig:
     bc_loss: str = "mse"
     """BC's loss: 'mse' (squared error of the deterministic action; chosen by held-out action error on sawyer
     and walker) or 'nll' (tanh-Gaussian likelihood; see losses.bc_loss)."""
+    bc_warmup: int = 0
+    """Actor-critic algorithms: for the first this many updates the actor minimises the BC loss (`bc_loss`) plus
+    eq. 3's entropy term instead of eq. 3, while the critic trains as usual on the policy it will take over from
+    (CQL's practical warm start, its code's `policy_eval_start`). 0: eq. 3 from the first update."""
     penalty_form: str = "logsumexp"
     """'logsumexp' (CQL(H) soft maximum over sampled actions) or 'policy' (eq. 2 as written)."""
     penalty_actions: int = 10

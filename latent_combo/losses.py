@@ -103,3 +103,14 @@ def bc_loss(actor, states, actions, form: str = "mse"):
     mu, _ = actor.dist(states)
     loss = (torch.tanh(mu) - actions).pow(2).sum(-1).mean()
     return loss, {"bc_mse": loss.detach()}
+
+
+def warm_start_actor_loss(actor, alpha, states, actions, form: str = "mse"):
+    """The actor's loss during the BC warm start (agent.bc_warmup): eq. 3 with -Q replaced by the BC loss,
+    bc_loss + alpha E[log pi(a~pi|s)]. The entropy term keeps the policy's std where the temperature wants it (the
+    squared error alone leaves it untrained, and a collapsed std would make the critic's soft targets
+    r - alpha log pi meaningless before the actor ever maximises them)."""
+    bc, metrics = bc_loss(actor, states, actions, form)
+    _, logp = actor.sample(states)
+    loss = bc + alpha * logp.mean()
+    return loss, {**metrics, "entropy": -logp.detach().mean()}, logp

@@ -182,3 +182,25 @@ def test_rho_dataset_adds_dataset_states_to_the_pushed_down_ones(monkeypatch):
     Agent(agent_cfg(rho_dataset=True), "combo", F, A).update(real, model)
     (down,) = calls
     assert torch.equal(down, torch.cat([model["state"], real["state"]]))
+
+
+def test_bc_warmup_fits_the_data_actions_while_the_critic_trains():
+    """agent.bc_warmup: warm-start updates move the actor onto the dataset's actions (its loss is BC's plus the
+    entropy term) and the critic by its usual eq. 2 step; past the warm start the actor follows eq. 3 again."""
+    torch.manual_seed(0)
+    ag = Agent(agent_cfg(actor_lr=1e-3), "combo", F, A)
+    real, model = batch(64), batch(64, 1)
+    real["action"] = torch.tanh(real["state"][:, :A])  # a learnable behaviour
+    torch.manual_seed(1)
+    loss, _, logp = losses.warm_start_actor_loss(ag.actor, 0.1, real["state"], real["action"])
+    torch.manual_seed(1)
+    bc, _ = losses.bc_loss(ag.actor, real["state"], real["action"])
+    assert torch.allclose(loss, bc + 0.1 * logp.mean())
+    critic_before = [p.clone() for p in ag.critic.parameters()]
+    first = ag.update(real, model, bc_actor=True)
+    assert {"bc_mse", "bellman", "regulariser", "entropy", "alpha"} <= set(first)
+    assert any(not torch.equal(p, q) for p, q in zip(critic_before, ag.critic.parameters()))
+    for _ in range(300):
+        last = ag.update(real, model, bc_actor=True)
+    assert last["bc_mse"] < 0.2 * first["bc_mse"], (first["bc_mse"], last["bc_mse"])
+    assert "bc_mse" not in ag.update(real, model) and "actor" in ag.update(real, model)
