@@ -42,6 +42,12 @@ DESCRIPTIONS = {
     "agent/bc_nll": "behaviour cloning (agent.bc_loss=nll): negative log-likelihood of dataset actions",
     "agent/bc_mse": "behaviour cloning: squared error of the deterministic action to the dataset's, summed over dims",
     "rollout/reward": "mean predicted reward of the latest model-rollout refresh",
+    "rollout/reward_minus_data": "rollout reward minus the dataset's mean reward (well above 0 with a policy the "
+                                 "real env scores low: the policy exploits the model)",
+    "agent/policy_action_mse": "squared distance of the deterministic policy action to the dataset action on real "
+                               "states, summed over dims (how far the policy has left the data)",
+    "agent/policy_saturation": "share of the deterministic policy's action dims at |a| > 0.99 on real states",
+    "agent/data_saturation": "share of the dataset's action dims at |a| > 0.99 (compare policy_saturation)",
     "rollout/disagreement": "LOMPO: std over prior heads of log p_k(z'|h') on the latest refresh (before lambda)",
     "eval/return_mean": "mean return of the evaluation episodes (deterministic policy, from pixels)",
     "eval/return_ci95": "half-width of the 95% interval of the mean return",
@@ -138,6 +144,9 @@ CUSTOM_LAYOUT = {
         "Q on dataset pairs, rollout pairs and pushed-down states": [
             "Multiline", ["agent/q_data", "agent/q_model", "agent/q_rho"]],
         "regulariser E_rho[Q] - E_D[Q]": ["Multiline", ["agent/regulariser", "agent/regulariser_tail_mean"]],
+        "rollout reward minus the dataset's": ["Multiline", ["rollout/reward_minus_data"]],
+        "policy vs data actions": ["Multiline", ["agent/policy_action_mse", "agent/policy_saturation",
+                                                 "agent/data_saturation"]],
     },
     "evaluation (95% band)": {
         "normalised score": ["Margin", ["eval/normalized_score", "eval/normalized_score_lo",
