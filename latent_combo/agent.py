@@ -34,6 +34,14 @@ class Agent(nn.Module):
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), cfg.critic_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], cfg.actor_lr)
+        self.tunes_beta = cfg.target_gap is not None and USES_PENALTY[algo]
+        if self.tunes_beta:
+            self.log_beta = nn.Parameter(torch.tensor(float(np.log(cfg.beta))))
+            self.beta_opt = torch.optim.Adam([self.log_beta], cfg.beta_lr)
+
+    @property
+    def beta(self) -> torch.Tensor | float:
+        return self.log_beta.detach().clamp(-7.0, 7.0).exp() if self.tunes_beta else self.cfg.beta
 
     @property
     def uses_rollouts(self) -> bool:
@@ -63,8 +71,10 @@ class Agent(nn.Module):
             penalty, pm = losses.conservative_penalty(self.critic, self.actor, push_down, real["state"],
                                                       real["action"], self.cfg.penalty_form,
                                                       self.cfg.penalty_actions, q_data=q[:, :len(real["state"])])
-            loss = loss + self.cfg.beta * penalty
+            loss = loss + self.beta * penalty
             metrics.update(pm)
+            if self.tunes_beta:
+                metrics.update(self.update_beta(pm["regulariser"]))
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
@@ -82,6 +92,14 @@ class Agent(nn.Module):
         self.actor_opt.step()
         self.critic.requires_grad_(True)
         return {**metrics, **self.update_alpha(logp)}
+
+    def update_beta(self, regulariser: torch.Tensor) -> dict:
+        """Dual ascent on beta: up while the regulariser is above agent.target_gap, down while below."""
+        loss = -self.log_beta.clamp(-7.0, 7.0).exp() * (regulariser.detach() - self.cfg.target_gap)
+        self.beta_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.beta_opt.step()
+        return {"beta": self.beta}
 
     def warm_start_actor(self, real: dict) -> dict:
         """The BC warm start's actor step (losses.warm_start_actor_loss) on dataset pairs, then the temperature."""
@@ -120,4 +138,5 @@ class Agent(nn.Module):
         return metrics
 
     def optimisers(self) -> dict:
-        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+        opts = {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+        return {**opts, "beta_opt": self.beta_opt} if self.tunes_beta else opts

@@ -78,6 +78,12 @@ class AgentConfig:
     """f of eq. 2: share of each Bellman batch drawn from real transitions (the rest from rollouts)."""
     beta: float = 1.0
     """Weight of the conservative regulariser of eq. 2."""
+    target_gap: float | None = None
+    """None: beta fixed. A number: beta tuned during training by dual ascent (CQL's Lagrange form) so that the
+    regulariser E_rho[Q] - E_D[Q] tracks this target, starting from `beta`; 0 is the paper's condition that Q on
+    rho not exceed Q on data, met at the smallest beta that meets it (combo and cql only)."""
+    beta_lr: float = 1e-3
+    """Adam learning rate of log beta under `target_gap` (5000 updates can move beta by up to e^5)."""
     bc_loss: str = "mse"
     """BC's loss: 'mse' (squared error of the deterministic action; chosen by held-out action error on sawyer
     and walker) or 'nll' (tanh-Gaussian likelihood; see losses.bc_loss)."""

@@ -37,6 +37,7 @@ DESCRIPTIONS = {
     "agent/td_target": "mean Bellman target r + gamma (min Q' - alpha log pi)",
     "agent/actor": "actor loss of eq. 3: alpha log pi - min Q",
     "agent/alpha": "entropy temperature",
+    "agent/beta": "the penalty weight beta, tuned by dual ascent toward agent.target_gap (when set)",
     "agent/alpha_loss": "temperature loss (tracks the target entropy)",
     "agent/entropy": "policy entropy estimate -log pi on the actor's states",
     "agent/bc_nll": "behaviour cloning (agent.bc_loss=nll): negative log-likelihood of dataset actions",

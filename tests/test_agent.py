@@ -204,3 +204,20 @@ def test_bc_warmup_fits_the_data_actions_while_the_critic_trains():
         last = ag.update(real, model, bc_actor=True)
     assert last["bc_mse"] < 0.2 * first["bc_mse"], (first["bc_mse"], last["bc_mse"])
     assert "bc_mse" not in ag.update(real, model) and "actor" in ag.update(real, model)
+
+
+def test_target_gap_tunes_beta_by_dual_ascent():
+    """agent.target_gap: beta rises while the regulariser is above the target and falls while below; a checkpoint
+    carries it (its optimiser is among the agent's)."""
+    real, model = batch(32), batch(32, 1)
+    moved = {}
+    for target in (-100.0, 100.0):
+        torch.manual_seed(0)
+        ag = Agent(agent_cfg(target_gap=target, beta=0.5, beta_lr=1e-2), "combo", F, A)
+        assert "beta_opt" in ag.optimisers() and "log_beta" in ag.state_dict()
+        for _ in range(20):
+            metrics = ag.update(real, model)
+        moved[target] = float(metrics["beta"])
+    assert moved[-100.0] > 0.5 * np.exp(0.1) and moved[100.0] < 0.5 * np.exp(-0.1), moved
+    assert not Agent(agent_cfg(), "combo", F, A).tunes_beta
+    assert not Agent(agent_cfg(target_gap=0.0), "lmbpo", F, A).tunes_beta
