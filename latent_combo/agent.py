@@ -27,7 +27,7 @@ class Agent(nn.Module):
         super().__init__()
         self.cfg, self.algo = cfg, algo
         self.actor = TanhGaussianActor(feat_dim, action_dim, cfg.hidden, cfg.layers)
-        self.critic = CriticEnsemble(feat_dim, action_dim, cfg.hidden, cfg.layers, k=2)
+        self.critic = CriticEnsemble(feat_dim, action_dim, cfg.hidden, cfg.layers, k=2, trunk=cfg.critic_trunk)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_alpha))))
         self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -float(action_dim)

@@ -68,6 +68,9 @@ class AgentConfig:
     hidden: int = 256
     layers: int = 2
     batch: int = 256
+    critic_trunk: int = 0
+    """0: the critic reads concat(latent, action). N: the latent first goes through Linear(N) + LayerNorm + tanh
+    (DrQ-v2's critic trunk, shared by the twin critics), so a 6-d action is not 6 of 166-326 input dims."""
     actor_lr: float = 1e-4
     critic_lr: float = 3e-4
     gamma: float = 0.99

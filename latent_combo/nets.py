@@ -40,13 +40,21 @@ class CriticEnsemble(nn.Module):
     conservative penalty evaluates 2 x 10 actions per state, so this halves its cost.
     """
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, layers: int = 2, k: int = 2):
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, layers: int = 2, k: int = 2,
+                 trunk: int = 0):
         super().__init__()
+        # `trunk` > 0: the state first goes through Linear + LayerNorm + tanh to `trunk` features, shared by the
+        # K critics (DrQ-v2's critic trunk), so that a wide latent (160-320 dims) does not drown the action's
+        # few dimensions in the first layer's input.
+        self.trunk = nn.Sequential(nn.Linear(state_dim, trunk), nn.LayerNorm(trunk), nn.Tanh()) if trunk else None
+        state_dim = trunk or state_dim
         dims = [state_dim + action_dim] + [hidden] * layers + [1]
         self.k, self.state_dim = k, state_dim
         self.layers = nn.ModuleList(EnsembleLinear(k, i, o) for i, o in zip(dims[:-1], dims[1:]))
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        if self.trunk is not None:
+            state = self.trunk(state)
         first = self.layers[0]
         k, hidden = self.k, first.weight.shape[-1]
         # Shared inputs times all K weight matrices as one GEMM: (N, S) @ (S, K*H). (bmm on an

@@ -60,9 +60,11 @@ def test_bc_fits_actions_clipped_at_the_bound(form):
         assert signs < 0.8 and error > 0.5
 
 
-def test_batched_critic_matches_per_action_evaluation():
+@pytest.mark.parametrize("trunk", [0, 8])
+def test_batched_critic_matches_per_action_evaluation(trunk):
     torch.manual_seed(0)
-    critic = Agent(agent_cfg(), "combo", F, A).critic
+    critic = Agent(agent_cfg(critic_trunk=trunk), "combo", F, A).critic
+    assert (critic.trunk is not None) == bool(trunk)
     s, acts = torch.randn(5, F), torch.rand(4, 5, A)
     many = critic(s, acts)
     one_by_one = torch.stack([critic(s, acts[r]) for r in range(4)], 1)
