@@ -83,8 +83,8 @@ class AgentConfig:
     """Weight of the conservative regulariser of eq. 2."""
     target_gap: float | None = None
     """None: beta fixed. A number: beta tuned during training by dual ascent (CQL's Lagrange form) so that the
-    regulariser E_rho[Q] - E_D[Q] tracks this target, starting from `beta`; 0 is the paper's condition that Q on
-    rho not exceed Q on data, met at the smallest beta that meets it (combo and cql only)."""
+    regulariser E_rho[Q] - E_D[Q] tracks this target, starting from `beta`: 0 asks for the paper's condition (Q on
+    rho not above Q on data) at the smallest beta that meets it. Combo and cql only; ignored by the others."""
     beta_lr: float = 1e-3
     """Adam learning rate of log beta under `target_gap` (5000 updates can move beta by up to e^5)."""
     bc_loss: str = "mse"
