@@ -39,9 +39,15 @@ class Agent(nn.Module):
             self.log_beta = nn.Parameter(torch.tensor(float(np.log(cfg.beta))))
             self.beta_opt = torch.optim.Adam([self.log_beta], cfg.beta_lr)
 
+    # log beta is kept within +-7 (beta in [1e-3, 1e3]): a long stretch of one-signed regulariser cannot run it off.
+    LOG_BETA_BOUND = 7.0
+
+    def _tuned_beta(self) -> torch.Tensor:
+        return self.log_beta.clamp(-self.LOG_BETA_BOUND, self.LOG_BETA_BOUND).exp()
+
     @property
     def beta(self) -> torch.Tensor | float:
-        return self.log_beta.detach().clamp(-7.0, 7.0).exp() if self.tunes_beta else self.cfg.beta
+        return self._tuned_beta().detach() if self.tunes_beta else self.cfg.beta
 
     @property
     def uses_rollouts(self) -> bool:
@@ -95,7 +101,7 @@ class Agent(nn.Module):
 
     def update_beta(self, regulariser: torch.Tensor) -> dict:
         """Dual ascent on beta: up while the regulariser is above agent.target_gap, down while below."""
-        loss = -self.log_beta.clamp(-7.0, 7.0).exp() * (regulariser.detach() - self.cfg.target_gap)
+        loss = -self._tuned_beta() * (regulariser.detach() - self.cfg.target_gap)
         self.beta_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.beta_opt.step()
