@@ -88,11 +88,13 @@ class Agent(nn.Module):
         metrics["critic_loss"] = loss.detach()
         return metrics
 
-    def update_actor(self, states: torch.Tensor):
-        """Eq. 3 on states from rollouts and the dataset, then the entropy temperature."""
+    def update_actor(self, states: torch.Tensor, data_actions: torch.Tensor | None = None):
+        """Eq. 3 on states from the dataset (first, paired with `data_actions`) and rollouts, plus agent.bc_weight's
+        constraint, then the entropy temperature."""
         # The critic's weight gradients from the actor loss would be thrown away: skip computing them.
         self.critic.requires_grad_(False)
-        loss, metrics, logp = losses.actor_loss(self.actor, self.critic, self.log_alpha.exp().detach(), states)
+        loss, metrics, logp = losses.actor_loss(self.actor, self.critic, self.log_alpha.exp().detach(), states,
+                                                self.cfg.bc_weight, data_actions)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
@@ -140,7 +142,7 @@ class Agent(nn.Module):
             metrics.update(self.warm_start_actor(real))
             return metrics
         states = real["state"] if model is None else torch.cat([real["state"], model["state"]])
-        metrics.update(self.update_actor(states))
+        metrics.update(self.update_actor(states, real["action"]))
         return metrics
 
     def optimisers(self) -> dict:

@@ -94,6 +94,10 @@ class AgentConfig:
     """Actor-critic algorithms: for the first this many updates the actor minimises the BC loss (`bc_loss`) plus
     eq. 3's entropy term instead of eq. 3, while the critic trains as usual on the policy it will take over from
     (CQL's practical warm start, its code's `policy_eval_start`). 0: eq. 3 from the first update."""
+    bc_weight: float = 0.0
+    """Actor-critic algorithms: > 0 keeps a policy constraint in eq. 3 after any warm start, w * E|Q| * the squared
+    error of the deterministic action to the dataset's (TD3+BC with lambda = 1/w; its paper's 2.5 is w = 0.4).
+    0: eq. 3 as written."""
     penalty_form: str = "logsumexp"
     """'logsumexp' (CQL(H) soft maximum over sampled actions) or 'policy' (eq. 2 as written)."""
     penalty_actions: int = 10
@@ -127,7 +131,7 @@ class AgentConfig:
 class Config:
     env: str = "walker-walk"
     """walker-walk, cheetah-run, humanoid-walk (V-D4RL folders only), sawyer-door or sawyer-door-close."""
-    dataset: str = "medium-replay"
+    dataset: str = "medium"
     """A flavour (medium, medium-replay, medium-expert, expert) under data/ENV/, or a folder path."""
     algo: str = "combo"
     """combo, lompo, lmbpo, cql or bc."""

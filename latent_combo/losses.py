@@ -73,12 +73,23 @@ def conservative_penalty(critic, actor, push_down_states, data_states, data_acti
                      "regulariser": (q_rho - pushed_up.detach()).mean()}
 
 
-def actor_loss(actor, critic, alpha, states):
-    """Eq. 3 with entropy regularisation: maximise E_s[min_k Q(s, a~pi) - alpha log pi(a|s)]."""
+def actor_loss(actor, critic, alpha, states, bc_weight: float = 0.0, data_actions=None):
+    """Eq. 3 with entropy regularisation: maximise E_s[min_k Q(s, a~pi) - alpha log pi(a|s)].
+
+    `bc_weight` w > 0 adds w * E|Q| * (squared error of tanh(mu) to `data_actions`, which pair with the first
+    rows of `states`): TD3+BC's policy constraint with its lambda = 1/w. Scaling by E|Q| (not backpropagated)
+    keeps the constraint's pull relative to the critic's the same whatever the reward scale or how far Q has
+    risen, so one w serves walker's dense and sawyer's sparse reward.
+    """
     action, logp = actor.sample(states)
     q = critic(states, action).min(0).values
     loss = (alpha * logp - q).mean()
-    return loss, {"actor": loss.detach(), "entropy": -logp.detach().mean(), "q_policy": q.detach().mean()}, logp
+    metrics = {"actor": loss.detach(), "entropy": -logp.detach().mean(), "q_policy": q.detach().mean()}
+    if bc_weight > 0:
+        bc, bm = bc_loss(actor, states[:len(data_actions)], data_actions)
+        loss = loss + bc_weight * q.detach().abs().mean() * bc
+        metrics.update(bm)
+    return loss, metrics, logp
 
 
 def alpha_loss(log_alpha, logp, target_entropy: float):

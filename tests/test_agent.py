@@ -223,3 +223,33 @@ def test_target_gap_tunes_beta_by_dual_ascent():
     assert moved[-100.0] > 0.5 * np.exp(0.1) and moved[100.0] < 0.5 * np.exp(-0.1), moved
     assert not Agent(agent_cfg(), "combo", F, A).tunes_beta
     assert not Agent(agent_cfg(target_gap=0.0), "lmbpo", F, A).tunes_beta
+
+
+def test_bc_weight_keeps_the_actor_on_the_data_actions():
+    """agent.bc_weight: eq. 3 plus w * E|Q| * the BC squared error on the dataset rows (the first ones); with it the
+    actor stays near the behaviour's actions while maximising Q, without it it does not."""
+    real, model = batch(64), batch(64, 1)
+    real["action"] = torch.tanh(real["state"][:, :A])
+    states = torch.cat([real["state"], model["state"]])
+    torch.manual_seed(0)
+    ag = Agent(agent_cfg(), "combo", F, A)
+    torch.manual_seed(1)
+    loss, metrics, _ = losses.actor_loss(ag.actor, ag.critic, 0.1, states, 2.0, real["action"])
+    torch.manual_seed(1)
+    plain, _, _ = losses.actor_loss(ag.actor, ag.critic, 0.1, states)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        q_abs = ag.critic(states, ag.actor.sample(states)[0]).min(0).values.abs().mean()
+    bc, _ = losses.bc_loss(ag.actor, real["state"], real["action"])
+    assert torch.allclose(loss, plain + 2.0 * q_abs * bc) and metrics["bc_mse"] == bc
+    errors = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        ag = Agent(agent_cfg(actor_lr=1e-3, bc_weight=w), "combo", F, A)
+        for _ in range(300):
+            metrics = ag.update(real, model)
+        with torch.no_grad():
+            a_pi, _ = ag.actor.sample(real["state"], deterministic=True)
+        errors[w] = (a_pi - real["action"]).pow(2).sum(-1).mean().item()
+        assert ("bc_mse" in metrics) == (w > 0)
+    assert errors[2.0] < 0.5 * errors[0.0], errors
