@@ -7,6 +7,8 @@ one actor step, one temperature step and the target-network update, at hidden 25
 128 real + 128 model transitions, the paper preset's real_ratio 0.5), latent (feat) dim 230, action dim 6.
 Rows:
   combo logsumexp   latent_combo Agent, algo combo, CQL(H) form: 10 uniform + 10 policy actions per model state
+  combo sampled     the same objective, its gradient through one action per state drawn from the softmax weights
+                    (agent.penalty_grad=sampled): the 20 actions are evaluated without a graph
   combo policy      latent_combo Agent, algo combo, eq. 2 as written (Q at one policy action per model state)
   lmbpo             latent_combo Agent, no penalty: plain SAC on the real/model mixture
   ref SAC+CQL       bench/reference.py RefAgent with the penalty: 10 uniform + 10 pi(s) + 10 pi(s') actions over
@@ -68,8 +70,8 @@ def main(argv=None):
     peak = matmul_peak()
     print(f"fp32 matmul peak (2048^3 torch.mm): {peak:.1f} GFLOP/s")
 
-    def ours(algo, form):
-        agent = Agent(dataclasses.replace(base, penalty_form=form), algo, a.feat, a.action_dim)
+    def ours(algo, form, grad="exact"):
+        agent = Agent(dataclasses.replace(base, penalty_form=form, penalty_grad=grad), algo, a.feat, a.action_dim)
         return lambda: agent.update(real, model)
 
     def ref(penalty):
@@ -81,6 +83,8 @@ def main(argv=None):
     n = base.penalty_actions
     impls = [  # name, penalty description, builder, reference row it is compared with
         ("combo logsumexp", f"{n} unif + {n} pi at s_model", lambda: ours("combo", "logsumexp"), "ref SAC+CQL"),
+        ("combo sampled", f"{n} unif + {n} pi at s_model, 1 with grad", lambda: ours("combo", "logsumexp", "sampled"),
+         "ref SAC+CQL"),
         ("combo policy", "1 pi at s_model", lambda: ours("combo", "policy"), "ref SAC+CQL"),
         ("lmbpo", "none", lambda: ours("lmbpo", "logsumexp"), "ref SAC"),
         ("ref SAC+CQL", f"{n} unif + {n} pi(s) + {n} pi(s')", lambda: ref(True), None),

@@ -76,7 +76,8 @@ class Agent(nn.Module):
                 push_down = model["state"]
             penalty, pm = losses.conservative_penalty(self.critic, self.actor, push_down, real["state"],
                                                       real["action"], self.cfg.penalty_form,
-                                                      self.cfg.penalty_actions, q_data=q[:, :len(real["state"])])
+                                                      self.cfg.penalty_actions, q_data=q[:, :len(real["state"])],
+                                                      grad=self.cfg.penalty_grad)
             loss = loss + self.beta * penalty
             metrics.update(pm)
             if self.tunes_beta:

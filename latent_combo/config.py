@@ -102,6 +102,10 @@ class AgentConfig:
     """'logsumexp' (CQL(H) soft maximum over sampled actions) or 'policy' (eq. 2 as written)."""
     penalty_actions: int = 10
     """N uniform and N policy actions per state in the logsumexp form."""
+    penalty_grad: str = "exact"
+    """The logsumexp form's gradient: 'exact' (through all 2N actions) or 'sampled' (the 2N actions evaluated
+    without a graph, the gradient through one action per state drawn from the softmax weights: the same
+    expected gradient at a fraction of the backward pass; losses.conservative_penalty)."""
     rho_dataset: bool = False
     """COMBO only: also push Q down at dataset states (rho augmented with them, the paper's practical
     choice in Section 3); False pushes down at model-rollout states only, as eq. 2 is written."""
@@ -265,6 +269,8 @@ def validate(cfg: Config) -> None:
                          + " or ".join(repr(s) for s in RENDER_SETTINGS))
     if cfg.obs not in ("image", "state"):
         raise ValueError(f"config key 'obs': {cfg.obs!r}; expected 'image' or 'state'")
+    if cfg.agent.penalty_grad not in ("exact", "sampled"):
+        raise ValueError(f"config key 'agent.penalty_grad': {cfg.agent.penalty_grad!r}; expected 'exact' or 'sampled'")
     if cfg.agent.penalty_form not in ("logsumexp", "policy"):
         raise ValueError(f"config key 'agent.penalty_form': {cfg.agent.penalty_form!r}; "
                          "expected 'logsumexp' or 'policy'")

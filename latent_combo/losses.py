@@ -34,7 +34,7 @@ def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float)
 
 
 def conservative_penalty(critic, actor, push_down_states, data_states, data_actions,
-                         form: str = "logsumexp", num_actions: int = 10, q_data=None):
+                         form: str = "logsumexp", num_actions: int = 10, q_data=None, grad: str = "exact"):
     """E_{s~rho, a~pi}[Q(s,a)] - E_{(s,a)~D}[Q(s,a)]: the bracket of eq. 2, summed over critics.
 
     Q is pushed down on `push_down_states` (model-rollout states for COMBO, dataset states for CQL)
@@ -43,26 +43,28 @@ def conservative_penalty(critic, actor, push_down_states, data_states, data_acti
     importance weights, which pushes down the highest Q among many actions rather than one sample.
     `q_data` (K, n) may pass in Q(data_states, data_actions) already computed with grad (the Bellman
     term's real rows) to save a critic pass.
+
+    `grad="sampled"` (logsumexp form only) keeps the value and the expected gradient and cuts the cost: the
+    soft maximum's gradient is sum_i w_i grad Q(s, a_i) with w the softmax weights, so the 2N actions are
+    evaluated without a graph and one action per state and critic, drawn from w, is evaluated again with
+    one (an unbiased estimate of the same gradient; w is nearly one-hot once Q separates the actions).
     """
-    n, a_dim = push_down_states.shape[0], data_actions.shape[-1]
+    if grad not in ("exact", "sampled"):
+        raise ValueError(f"penalty grad {grad!r}: expected 'exact' or 'sampled'")
+    a_dim = data_actions.shape[-1]
     if form == "policy":
         with torch.no_grad():
             a_pi, _ = actor.sample(push_down_states)
         pushed_down = critic(push_down_states, a_pi).mean(1)  # (K,)
         q_rho = pushed_down.detach()
+    elif form == "logsumexp" and grad == "sampled":
+        pushed_down, q_rho = _sampled_soft_max(critic, actor, push_down_states, a_dim, num_actions)
     elif form == "logsumexp":
-        with torch.no_grad():
-            # The policy's mean and std depend on the state only: one actor pass, N_a draws.
-            mu, log_std = actor.dist(push_down_states)
-            u = mu + log_std.exp() * torch.randn(num_actions, *mu.shape, device=mu.device)
-            a_pi, logp_pi = torch.tanh(u), gaussian_tanh_log_prob(u, mu, log_std)  # (N_a, n, A), (N_a, n)
-        a_unif = torch.rand(num_actions, n, a_dim, device=push_down_states.device) * 2 - 1
-        log_unif = a_dim * math.log(0.5)  # density of U[-1,1]^A
-        q_pi_raw = critic(push_down_states, a_pi)  # (K, N_a, n)
-        q_rho = q_pi_raw[:, 0].detach().mean(1)  # Q at one policy sample per state, for the log
+        actions, log_proposal = _proposal_actions(actor, push_down_states, a_dim, num_actions)
+        q = critic(push_down_states, actions)  # (K, 2N_a, n)
+        q_rho = q[:, 0].detach().mean(1)  # Q at one policy sample per state, for the log
         # Importance weights: divide by the proposal densities, average over the 2 N_a samples.
-        cat = torch.cat([q_pi_raw - logp_pi, critic(push_down_states, a_unif) - log_unif], 1)  # (K, 2N_a, n)
-        pushed_down = (torch.logsumexp(cat, 1) - math.log(2 * num_actions)).mean(1)
+        pushed_down = (torch.logsumexp(q - log_proposal, 1) - math.log(2 * num_actions)).mean(1)
     else:
         raise ValueError(f"penalty form {form!r}: expected 'logsumexp' or 'policy'")
     pushed_up = (critic(data_states, data_actions) if q_data is None else q_data).mean(1)
@@ -71,6 +73,36 @@ def conservative_penalty(critic, actor, push_down_states, data_states, data_acti
     # form of eq. 2 whichever form is optimised, so runs are comparable.
     return penalty, {"penalty": penalty.detach(), "q_rho": q_rho.mean(), "q_data": pushed_up.detach().mean(),
                      "regulariser": (q_rho - pushed_up.detach()).mean()}
+
+
+def _proposal_actions(actor, states, a_dim: int, num_actions: int):
+    """N policy and N uniform actions per state, (2N, n, A), with their log proposal densities (2N, n)."""
+    with torch.no_grad():
+        # The policy's mean and std depend on the state only: one actor pass, N_a draws.
+        mu, log_std = actor.dist(states)
+        u = mu + log_std.exp() * torch.randn(num_actions, *mu.shape, device=mu.device)
+        a_unif = torch.rand(num_actions, *mu.shape, device=mu.device) * 2 - 1
+        log_unif = torch.full(a_unif.shape[:2], a_dim * math.log(0.5), device=mu.device)  # U[-1,1]^A
+        return (torch.cat([torch.tanh(u), a_unif]),
+                torch.cat([gaussian_tanh_log_prob(u, mu, log_std), log_unif]))
+
+
+def _sampled_soft_max(critic, actor, states, a_dim: int, num_actions: int):
+    """The logsumexp form's pushed-down term (K,) with its gradient through one action per state and critic,
+    drawn from the softmax weights (conservative_penalty's grad="sampled"); and Q at one policy action (K,)."""
+    actions, log_proposal = _proposal_actions(actor, states, a_dim, num_actions)
+    k, n = critic.k, states.shape[0]
+    with torch.no_grad():
+        weighted = critic(states, actions) - log_proposal  # (K, 2N, n)
+        soft_max = torch.logsumexp(weighted, 1) - math.log(2 * num_actions)  # (K, n)
+        pick = torch.distributions.Categorical(logits=weighted.transpose(1, 2)).sample()  # (K, n)
+        chosen = actions[pick, torch.arange(n, device=states.device)]  # (K, n, A): critic k's draw
+        q_rho = weighted[:, 0] + log_proposal[0]  # Q at the first policy draw, for the log
+    # Every critic on every critic's draw, then each its own: K x n rows instead of 2N x n.
+    diagonal = torch.arange(k, device=states.device)
+    q_chosen = critic(states, chosen)[diagonal, diagonal]  # (K, n)
+    pushed_down = (soft_max + q_chosen - q_chosen.detach()).mean(1)
+    return pushed_down, q_rho.mean(1)
 
 
 def actor_loss(actor, critic, alpha, states, bc_weight: float = 0.0, data_actions=None):

@@ -24,7 +24,8 @@ from latent_combo.evaluate import ci95
 
 # Which algorithms a grid key means something to; a key not listed applies to every algorithm but bc.
 RELEVANT = {"agent.beta": ("combo", "cql"), "agent.penalty_form": ("combo", "cql"),
-            "agent.penalty_actions": ("combo", "cql"), "agent.rho_dataset": ("combo",),
+            "agent.penalty_grad": ("combo", "cql"), "agent.penalty_actions": ("combo", "cql"),
+            "agent.rho_dataset": ("combo",),
             "agent.real_ratio": ("combo", "lompo", "lmbpo"), "agent.lompo_lambda": ("lompo",),
             "agent.rollout_length": ("combo", "lompo", "lmbpo")}
 PROBE_KEYS = ("state_r2", "open_loop_r2_h1", "open_loop_r2_h5", "open_loop_r2_h15", "separability")

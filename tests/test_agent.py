@@ -253,3 +253,32 @@ def test_bc_weight_keeps_the_actor_on_the_data_actions():
         errors[w] = (a_pi - real["action"]).pow(2).sum(-1).mean().item()
         assert ("bc_mse" in metrics) == (w > 0)
     assert errors[2.0] < 0.5 * errors[0.0], errors
+
+
+def test_sampled_penalty_gradient_is_the_exact_one_in_expectation(monkeypatch):
+    """agent.penalty_grad=sampled: the same soft-maximum value as the exact form on the same proposal actions, and
+    its gradient (through one action per state drawn from the softmax weights) averages to the exact gradient."""
+    torch.manual_seed(0)
+    ag = Agent(agent_cfg(hidden=16), "combo", F, A)
+    real, model = batch(6), batch(6, 1)
+    fixed = losses._proposal_actions(ag.actor, model["state"], A, 3)
+    monkeypatch.setattr(losses, "_proposal_actions", lambda *args: fixed)
+    with torch.no_grad():  # spread Q over the actions so that the softmax weights are far from one-hot or uniform
+        ag.critic.layers[-1].weight.mul_(20)
+    params = list(ag.critic.parameters())
+
+    def grad(form_grad):
+        penalty, _ = losses.conservative_penalty(ag.critic, ag.actor, model["state"], real["state"], real["action"],
+                                                 "logsumexp", 3, grad=form_grad)
+        return penalty.detach(), torch.cat([g.flatten() for g in torch.autograd.grad(penalty, params)])
+
+    exact_value, exact = grad("exact")
+    draws = [grad("sampled") for _ in range(3000)]
+    assert all(torch.allclose(v, exact_value, atol=1e-4) for v, _ in draws)
+    mean = torch.stack([g for _, g in draws]).mean(0)
+    assert torch.nn.functional.cosine_similarity(mean, exact, 0) > 0.99
+    assert abs(mean.norm() / exact.norm() - 1) < 0.05
+    single = draws[0][1]  # one draw is a noisy estimate, not the exact gradient
+    assert torch.nn.functional.cosine_similarity(single, exact, 0) < 0.999
+    with pytest.raises(ValueError, match="penalty grad"):
+        losses.conservative_penalty(ag.critic, ag.actor, model["state"], real["state"], real["action"], grad="x")
