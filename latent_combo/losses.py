@@ -113,14 +113,15 @@ def actor_loss(actor, critic, alpha, states, bc_weight: float = 0.0, data_action
     keeps the constraint's pull relative to the critic's the same whatever the reward scale or how far Q has
     risen, so one w serves walker's dense and sawyer's sparse reward.
     """
-    action, logp = actor.sample(states)
+    mu, log_std = actor.dist(states)
+    action, logp = actor.draw(mu, log_std)
     q = critic(states, action).min(0).values
     loss = (alpha * logp - q).mean()
     metrics = {"actor": loss.detach(), "entropy": -logp.detach().mean(), "q_policy": q.detach().mean()}
     if bc_weight > 0:
-        bc, bm = bc_loss(actor, states[:len(data_actions)], data_actions)
+        bc = action_error(mu[:len(data_actions)], data_actions)
         loss = loss + bc_weight * q.detach().abs().mean() * bc
-        metrics.update(bm)
+        metrics["bc_mse"] = bc.detach()
     return loss, metrics, logp
 
 
@@ -143,9 +144,13 @@ def bc_loss(actor, states, actions, form: str = "mse"):
         return loss, {"bc_nll": loss.detach()}
     if form != "mse":
         raise ValueError(f"bc loss {form!r}: expected 'mse' or 'nll'")
-    mu, _ = actor.dist(states)
-    loss = (torch.tanh(mu) - actions).pow(2).sum(-1).mean()
+    loss = action_error(actor.dist(states)[0], actions)
     return loss, {"bc_mse": loss.detach()}
+
+
+def action_error(mu, actions):
+    """Squared error of the deterministic action tanh(mu) to `actions`, summed over action dims, mean over rows."""
+    return (torch.tanh(mu) - actions).pow(2).sum(-1).mean()
 
 
 def warm_start_actor_loss(actor, alpha, states, actions, form: str = "mse"):
@@ -153,7 +158,13 @@ def warm_start_actor_loss(actor, alpha, states, actions, form: str = "mse"):
     bc_loss + alpha E[log pi(a~pi|s)]. The entropy term keeps the policy's std where the temperature wants it (the
     squared error alone leaves it untrained, and a collapsed std would make the critic's soft targets
     r - alpha log pi meaningless before the actor ever maximises them)."""
-    bc, metrics = bc_loss(actor, states, actions, form)
-    _, logp = actor.sample(states)
+    if form == "mse":  # the mean and the sample from one actor pass
+        mu, log_std = actor.dist(states)
+        bc = action_error(mu, actions)
+        metrics = {"bc_mse": bc.detach()}
+        _, logp = actor.draw(mu, log_std)
+    else:
+        bc, metrics = bc_loss(actor, states, actions, form)
+        _, logp = actor.sample(states)
     loss = bc + alpha * logp.mean()
     return loss, {**metrics, "entropy": -logp.detach().mean()}, logp

@@ -95,6 +95,12 @@ class TanhGaussianActor(nn.Module):
         mu, log_std = self.dist(state)
         if deterministic:
             return torch.tanh(mu), None
+        return self.draw(mu, log_std)
+
+    @staticmethod
+    def draw(mu: torch.Tensor, log_std: torch.Tensor):
+        """A reparameterised (action, log_prob) from dist()'s outputs: losses that also need the mean make one
+        actor pass, not two."""
         u = mu + log_std.exp() * torch.randn_like(mu)
         return torch.tanh(u), gaussian_tanh_log_prob(u, mu, log_std)
 
