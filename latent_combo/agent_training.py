@@ -63,7 +63,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
             print(f"agent: resuming at step {start}")
     stop = min(steps or c.steps, c.steps)
     if model_buf is not None and ckpt is not None and "model_buffer" not in ckpt and start < stop:
-        refill_model_buffer(wm, agent.actor, real, model_buf, c, cfg.algo, device)
+        refill_model_buffer(wm, agent.actor, real, model_buf, c, cfg.algo, device, start)
 
     def save(step):
         tail = torch.stack(list(reg_tail)).tolist() if reg_tail else []
@@ -84,7 +84,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         if agent.uses_rollouts and (step - 1) % c.rollout_every == 0:
             starts = real.sample(c.rollout_batch)["state"]
             batch, rollout_metrics = rollout(wm, agent.actor, starts, c.rollout_length, lompo_lambda)
-            model_buf.add(batch)
+            model_buf.add(batch, step - 1)
         real_batch = real.sample(n_real)
         model_batch = model_buf.sample(c.batch - n_real) if agent.uses_rollouts else None
         metrics = agent.update(real_batch, model_batch, bc_actor=step <= c.bc_warmup)
@@ -100,7 +100,8 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
             log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step)
             if agent.uses_rollouts:  # the latest refresh's, logged in step with the other tags
                 excess = rollout_metrics["rollout/reward"] - data_reward
-                report.log_scalars(writer, {**rollout_metrics, "rollout/reward_minus_data": excess}, step)
+                report.log_scalars(writer, {**rollout_metrics, "rollout/reward_minus_data": excess,
+                                            "rollout/buffer_age": model_buf.mean_age(step)}, step)
             if on_log is not None:
                 on_log(step, {k: v for k, v in metrics.items() if isinstance(v, float)})
             metrics["updates_per_s"] = (step - start) / (time.time() - t0)
@@ -124,7 +125,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     return agent
 
 
-def refill_model_buffer(wm, actor, real, model_buf, c, algo: str, device) -> None:
+def refill_model_buffer(wm, actor, real, model_buf, c, algo: str, device, step: int) -> None:
     """A checkpoint saved without its model buffer (`agent.save_model_buffer=false`): refill the buffer with
     rollouts of the resumed policy, on a forked RNG so that training's own random stream is the saved one.
     The resumed run then differs from an uninterrupted one, whose buffer also held older policies' rollouts."""
@@ -134,7 +135,7 @@ def refill_model_buffer(wm, actor, real, model_buf, c, algo: str, device) -> Non
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for _ in range(refreshes):
             batch, _ = rollout(wm, actor, real.sample(c.rollout_batch)["state"], c.rollout_length, lompo_lambda)
-            model_buf.add(batch)
+            model_buf.add(batch, step)
 
 
 # Metric keys of the agent's update whose TensorBoard name says more under another name (report.py).

@@ -42,12 +42,14 @@ def encode_dataset(wm, dataset, device, chunk: int = 32) -> dict[str, torch.Tens
 
 
 class TransitionBuffer:
-    """Transitions as tensors on the training device; FIFO once full; uniform sampling."""
+    """Transitions as tensors on the training device; FIFO once full; uniform sampling. Each row keeps the update
+    step it was added at, so a model buffer can say how stale its rollouts are (mean_age)."""
 
     def __init__(self, capacity: int, feat_dim: int, action_dim: int, device):
         shapes = {"state": (feat_dim,), "action": (action_dim,), "reward": (), "next_state": (feat_dim,),
                   "discount": ()}
         self.data = {k: torch.zeros((capacity, *s), device=device) for k, s in shapes.items()}
+        self.added_at = torch.zeros(capacity, dtype=torch.long)
         self.capacity, self.size, self.pos = capacity, 0, 0
 
     @classmethod
@@ -57,11 +59,12 @@ class TransitionBuffer:
         buf.add(transitions)
         return buf
 
-    def add(self, batch: dict) -> None:
+    def add(self, batch: dict, step: int = 0) -> None:
         n = len(batch["reward"])
         idx = (self.pos + torch.arange(n)) % self.capacity
         for k in KEYS:
             self.data[k][idx.to(self.data[k].device)] = batch[k].to(self.data[k].device)
+        self.added_at[idx] = step
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -69,14 +72,20 @@ class TransitionBuffer:
         idx = torch.randint(self.size, (n,), device=self.data["reward"].device)
         return {k: v[idx] for k, v in self.data.items()}
 
+    def mean_age(self, step: int) -> float:
+        """Mean number of updates since the filled rows were added (kept on the host: no device sync)."""
+        return float(step - self.added_at[: self.size].double().mean()) if self.size else 0.0
+
     def state_dict(self) -> dict:
         return {"data": {k: v[: self.capacity].cpu() for k, v in self.data.items()}, "size": self.size,
-                "pos": self.pos}
+                "pos": self.pos, "added_at": self.added_at.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state["data"].items():
             self.data[k].copy_(v)
         self.size, self.pos = state["size"], state["pos"]
+        if "added_at" in state:  # checkpoints from before it was kept read as added at step 0
+            self.added_at.copy_(state["added_at"])
 
 
 @torch.no_grad()

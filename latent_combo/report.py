@@ -49,6 +49,8 @@ DESCRIPTIONS = {
                                "states, summed over dims (how far the policy has left the data)",
     "agent/policy_saturation": "share of the deterministic policy's action dims at |a| > 0.99 on real states",
     "agent/data_saturation": "share of the dataset's action dims at |a| > 0.99 (compare policy_saturation)",
+    "rollout/buffer_age": "mean number of agent updates since the model buffer's rollouts were made (how stale "
+                          "the policy that made them is: about (refreshes held - 1) / 2 x agent.rollout_every)",
     "rollout/disagreement": "LOMPO: std over prior heads of log p_k(z'|h') on the latest refresh (before lambda)",
     "eval/return_mean": "mean return of the evaluation episodes (deterministic policy, from pixels)",
     "eval/return_ci95": "half-width of the 95% interval of the mean return",

@@ -8,6 +8,7 @@ from latent_combo import agent as agent_mod
 from latent_combo import losses
 from latent_combo.agent import Agent
 from latent_combo.config import ALGOS, resolve
+from latent_combo.latent import TransitionBuffer
 
 F, A = 12, 3
 
@@ -282,3 +283,16 @@ def test_sampled_penalty_gradient_is_the_exact_one_in_expectation(monkeypatch):
     assert torch.nn.functional.cosine_similarity(single, exact, 0) < 0.999
     with pytest.raises(ValueError, match="penalty grad"):
         losses.conservative_penalty(ag.critic, ag.actor, model["state"], real["state"], real["action"], grad="x")
+
+
+def test_model_buffer_age_counts_updates_since_its_rows_were_added():
+    buf = TransitionBuffer(10, F, A, torch.device("cpu"))
+    assert buf.mean_age(0) == 0.0
+    buf.add(batch(5), step=0)
+    assert buf.mean_age(40) == 40.0
+    buf.add(batch(5), step=100)
+    buf.add(batch(5), step=200)  # FIFO: the step-0 rows are gone, half the rows are from 100, half from 200
+    assert buf.mean_age(250) == 100.0
+    copy = TransitionBuffer(10, F, A, torch.device("cpu"))
+    copy.load_state_dict(buf.state_dict())
+    assert copy.mean_age(250) == 100.0
