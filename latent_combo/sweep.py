@@ -181,6 +181,11 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
               f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {t['wall_s']:>6.0f}s"
               + ("  <- offline pick" if t.get("offline_pick") else "")
               + ("  <- best evaluated" if t.get("best_evaluated") else ""))
+    batch_mean = stats["success_rate"] if success else stats["return_mean"] / 10  # in the table's units
+    readings = compare(table, batch_mean)
+    if readings:
+        print(f"{table[0]['algo']} ({table[0]['setting']}) against the others, 95% intervals over seeds:")
+        print("\n".join(f"  {line}" for line in readings))
     probes = {}
     per_seed = {r["seed"]: r.get("probe") or {} for r in rows}
     if all("state_r2" in p for p in per_seed.values()):
@@ -194,7 +199,8 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
     out = Path(a.logdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k != "func"},
-                                                "dataset": stats, "table": table, "probe": probes,
+                                                "dataset": stats, "table": table, "readings": readings,
+                                                "probe": probes,
                                                 "wall_s": wall, "runs": rows}, indent=1, default=str))
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["algo", "setting", "mean", "ci95", "regulariser", "wall_s", "offline_pick",
@@ -204,6 +210,26 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
         w.writerows(table)
     print(f"\ntable: {out / 'sweep.json'}, {out / 'sweep.csv'}; Tune results: {Path(a.storage) / a.name}-*")
     return {"table": table, "probe": probes, "rows": rows}
+
+
+def compare(table: list[dict], batch_mean: float) -> list[str]:
+    """The table's first row (the first algorithm's first setting) against every other row and the dataset's
+    Batch Mean: above or below, and whether the 95% intervals over seeds are apart (the issue's test) or
+    overlap. With one seed there is no interval, so nothing is read."""
+    first = table[0]
+    if len(first["scores"]) < 2:
+        return []
+
+    def reading(mean, lo, hi):
+        side = "above" if first["mean"] > mean else "below"
+        apart = first["mean"] - first["ci95"] > hi or first["mean"] + first["ci95"] < lo
+        return f"{side}, {'intervals apart' if apart else 'intervals overlap'}"
+
+    lines = [f"vs {t['algo']} ({t['setting']}) {t['mean']:.3g} ±{t['ci95']:.2g}: "
+             + reading(t["mean"], t["mean"] - t["ci95"], t["mean"] + t["ci95"]) for t in table[1:]]
+    side = "above" if first["mean"] - first["ci95"] > batch_mean else (
+        "below" if first["mean"] + first["ci95"] < batch_mean else "level (the Batch Mean is inside its interval)")
+    return lines + [f"vs the dataset's Batch Mean {batch_mean:.3g}: {side}"]
 
 
 def add_arguments(s) -> None:

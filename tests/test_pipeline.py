@@ -194,9 +194,9 @@ EXPECTED_TAGS = {
     "speed/wm_updates_per_s", "speed/agent_updates_per_s", "probe/state_r2", "probe/separability",
     "agent/critic_loss", "agent/bellman", "agent/penalty", "agent/regulariser", "agent/q_batch", "agent/q_data",
     "agent/q_model", "agent/q_rho", "agent/q_policy", "agent/actor", "agent/alpha", "agent/entropy",
-    "rollout/reward", "rollout/reward_minus_data", "rollout/buffer_age", "agent/policy_action_mse", "agent/policy_saturation",
-    "agent/data_saturation", "eval/return_mean", "eval/normalized_score", "eval/normalized_score_lo",
-    "eval/normalized_score_hi", "eval/final_normalized_score", "agent/final_regulariser",
+    "rollout/reward", "rollout/reward_minus_data", "rollout/buffer_age", "agent/policy_action_mse",
+    "agent/policy_saturation", "agent/data_saturation", "eval/return_mean", "eval/normalized_score",
+    "eval/normalized_score_lo", "eval/normalized_score_hi", "eval/final_normalized_score", "agent/final_regulariser",
 }
 
 

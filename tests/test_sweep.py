@@ -27,3 +27,19 @@ def test_two_trial_sweep_shares_one_world_model_and_resumes(env_datasets, tmp_pa
     table = json.loads((tmp_path / "runs" / "sweep.json").read_text())["table"]
     assert [t["algo"] for t in table] == ["combo", "bc"]
     assert "combo" in out and "bc" in out
+
+
+def test_compare_reads_intervals_over_seeds_against_each_row_and_the_batch_mean():
+    from latent_combo.sweep import compare
+
+    def row(algo, mean, ci, n=3):
+        return {"algo": algo, "setting": "preset", "mean": mean, "ci95": ci, "scores": [mean] * n}
+
+    table = [row("combo", 40.0, 3.0), row("bc", 30.0, 4.0), row("cql", 35.0, 3.0), row("lmbpo", 45.0, 2.5)]
+    lines = compare(table, batch_mean=49.0)
+    assert lines[0].endswith("above, intervals apart")  # 37..43 against 26..34
+    assert lines[1].endswith("above, intervals overlap")  # 37..43 against 32..38
+    assert lines[2].endswith("below, intervals overlap")  # 37..43 against 42.5..47.5
+    assert lines[3].endswith("below")
+    assert compare(table, batch_mean=41.0)[3].endswith("level (the Batch Mean is inside its interval)")
+    assert compare([row("combo", 40.0, 0.0, n=1), row("bc", 30.0, 0.0, n=1)], 49.0) == []
