@@ -63,7 +63,7 @@ class Agent(nn.Module):
         mixed = real if model is None else {k: torch.cat([real[k], model[k]]) for k in real}
         alpha = self.log_alpha.exp().detach()
         loss, metrics, q = losses.bellman_loss(self.critic, self.target_critic, self.actor, alpha, mixed,
-                                               self.cfg.gamma)
+                                               self.cfg.gamma, self.cfg.entropy_backup)
         if USES_PENALTY[self.algo]:
             # COMBO pushes down on model-rollout states (plus dataset states with `rho_dataset`, which
             # the paper's practical version does for stability); CQL, without a model, on dataset states.

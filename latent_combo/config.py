@@ -120,6 +120,12 @@ class AgentConfig:
     lompo_lambda: float = 5.0
     """LOMPO's reward penalty weight on ensemble disagreement."""
     init_alpha: float = 0.1
+    entropy_backup: bool = True
+    """True: SAC's soft Bellman target r + gamma (min Q' - alpha log pi(a'|s')). False: the target without the
+    entropy term (CQL's and COMBO's practical `deterministic_backup`); the actor keeps its entropy bonus. With
+    `bc_weight` pulling the policy onto the data's saturated actions, log pi grows (tanh's Jacobian), alpha rises
+    to hold the entropy target, and the soft target falls below the reward: CQL's Q on data went to -12 by 12.5k
+    updates on walker (reward ~1 per step)."""
     target_entropy: float | None = None
     """None: minus the action dimension."""
     eval_every: int = 10_000

@@ -16,9 +16,9 @@ import torch
 from latent_combo.nets import gaussian_tanh_log_prob
 
 
-def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float):
-    """1/2 E_{d_f}[(Q(s,a) - (r + gamma * disc * (min_k Q'(s',a') - alpha log pi(a'|s'))))^2].
-    Returns (loss, metrics, Q(s,a) of shape (K, N)).
+def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float, entropy_backup: bool = True):
+    """1/2 E_{d_f}[(Q(s,a) - (r + gamma * disc * (min_k Q'(s',a') - alpha log pi(a'|s'))))^2], without the
+    alpha log pi term when not `entropy_backup`. Returns (loss, metrics, Q(s,a) of shape (K, N)).
 
     `batch` holds state, action, reward, discount, next_state, already mixed from real and model
     data with the fraction f by the caller (eq. 2's d_f).
@@ -26,7 +26,9 @@ def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float)
     with torch.no_grad():
         next_action, next_logp = actor.sample(batch["next_state"])
         next_q = target_critic(batch["next_state"], next_action).min(0).values
-        target = batch["reward"] + gamma * batch["discount"] * (next_q - alpha * next_logp)
+        if entropy_backup:
+            next_q = next_q - alpha * next_logp
+        target = batch["reward"] + gamma * batch["discount"] * next_q
     q = critic(batch["state"], batch["action"])  # (K, N)
     loss = 0.5 * ((q - target) ** 2).mean(1).sum()
     metrics = {"q_mean": q.detach().mean(), "td_target": target.mean(), "bellman": loss.detach()}

@@ -40,6 +40,21 @@ def test_loss_terms_finite_scalars(form):
         assert all(np.isfinite(v) for v in m.values())
 
 
+def test_entropy_backup_is_the_only_difference_of_the_two_targets():
+    ag = Agent(agent_cfg(), "combo", F, A)
+    b, alpha, gamma = batch(32), 0.3, 0.99
+    targets = {}
+    for backup in (True, False):
+        torch.manual_seed(1)  # the same a' ~ pi(s') for both
+        _, metrics, _ = losses.bellman_loss(ag.critic, ag.target_critic, ag.actor, alpha, b, gamma, backup)
+        targets[backup] = metrics["td_target"]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        _, next_logp = ag.actor.sample(b["next_state"])
+    assert targets[True] == pytest.approx(float(targets[False] - gamma * alpha * next_logp.mean()), abs=1e-5)
+    assert abs(float(targets[True] - targets[False])) > 1e-3
+
+
 @pytest.mark.parametrize("form", ["mse", "nll"])
 def test_bc_fits_actions_clipped_at_the_bound(form):
     # Behaviour actions clipped at +-1 (a scripted expert plus noise): the squared error recovers them; the
