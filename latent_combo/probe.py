@@ -6,7 +6,9 @@
   state by the same regression;
 - reward error of the reward head on held-out posterior and one-step prior features;
 - separability: accuracy of a logistic regression telling posterior features of real steps from
-  one-step prior predictions of the same steps (0.5: the critic cannot tell model states by their look).
+  one-step prior predictions of the same steps (0.5: the critic cannot tell model states by their look);
+- drift: the state R² over windows of time steps (from step 1, 24, 100, 250 to the next), with the variance
+  of all held-out steps: does the filtered state, trained on 24-step windows, hold over a 500-step episode?
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from latent_combo.latent import padded_episodes
 
 HORIZONS = (1, 5, 15)
+DRIFT_WINDOWS = (1, 24, 100, 250)  # first steps of the time windows of the drift figures
 # Named groups of state dimensions, reported on their own (the rest only per dimension).
 STATE_GROUPS = {
     "walker-walk": {"positions": range(0, 15), "velocities": range(15, 24)},
@@ -31,7 +34,7 @@ def encode_for_probe(wm, dataset, device, rng: np.random.Generator, chunk: int =
     random prior head), the true state and reward, the episode index. Step 0 of each episode is left
     out (its prior comes from the reset state, not from a filtered one)."""
     wm.eval()
-    rssm, parts = wm.rssm, {k: [] for k in ("post", "prior", "state", "reward", "episode")}
+    rssm, parts = wm.rssm, {k: [] for k in ("post", "prior", "state", "reward", "episode", "step")}
     for lo in range(0, len(dataset), chunk):
         eps = [dataset.episode(i) for i in range(lo, min(lo + chunk, len(dataset)))]
         b = padded_episodes(eps, (wm.obs, "action", "is_first"), device)
@@ -49,6 +52,7 @@ def encode_for_probe(wm, dataset, device, rng: np.random.Generator, chunk: int =
             parts["state"].append(e["state"][1:t])
             parts["reward"].append(e["reward"][1:t])
             parts["episode"].append(np.full(t - 1, lo + j))
+            parts["step"].append(np.arange(1, t))
     wm.train()
     return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -106,6 +110,18 @@ def separability(post_train, prior_train, post_test, prior_test, rng, n: int = 1
     x, y = pair(post_train, prior_train)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
     return float(clf.score(*pair(post_test, prior_test)))
+
+
+def drift_r2(y: np.ndarray, pred: np.ndarray, step: np.ndarray, dims: np.ndarray) -> dict:
+    """1 - MSE / variance (the variance of all of `y`, so windows compare) of the held-out steps whose time step
+    falls in each of DRIFT_WINDOWS; windows past the episodes' end are left out."""
+    var, out = y[:, dims].var(0), {}
+    for lo, hi in zip(DRIFT_WINDOWS, (*DRIFT_WINDOWS[1:], np.inf)):
+        sel = (step >= lo) & (step < hi)
+        if sel.any():
+            mse = ((pred[sel][:, dims] - y[sel][:, dims]) ** 2).mean(0)
+            out[f"state_r2_from_step_{lo}"] = float((1 - mse / var).mean())
+    return out
 
 
 @torch.no_grad()
@@ -170,6 +186,7 @@ def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 
             if sel:
                 out[f"state_r2_{name}"] = float(r2[sel].mean())
                 out[f"state_rmse_{name}"] = float(np.sqrt((rmse[dims[sel]] ** 2).mean()))
+        out.update(drift_r2(y[test], pred, data["step"][test], dims))
         out.update(open_loop_r2(wm, dataset, data, test_eps, probe, dims, device, rng))
         reward_of = lambda x: wm.reward(torch.as_tensor(x, device=device)).squeeze(-1).cpu().numpy()
         with torch.no_grad():
@@ -188,8 +205,9 @@ def format_probe(p: dict) -> str:
     """The headline figures on a few lines."""
     if "skipped" in p:
         return f"probe skipped: {p['skipped']}"
-    groups = " ".join(f"{k[len('state_r2_'):]} {v:.3f}" for k, v in p.items()
-                      if k.startswith("state_r2_") and k not in ("state_r2_dims", "state_r2_mlp"))
+    drift = {k[len("state_r2_from_step_"):]: v for k, v in p.items() if k.startswith("state_r2_from_step_")}
+    groups = " ".join(f"{k[len('state_r2_'):]} {v:.3f}" for k, v in p.items() if k.startswith("state_r2_")
+                      and k not in ("state_r2_dims", "state_r2_mlp") and not k.startswith("state_r2_from_step_"))
     lines = [f"state R² {p['state_r2']:.3f} held out ({p['episodes_test']} of "
              f"{p['episodes_train'] + p['episodes_test']} episodes){' | ' + groups if groups else ''}",
              *([f"nonlinear (MLP) state R² {p['state_r2_mlp']:.3f}"] if "state_r2_mlp" in p else []),
@@ -198,6 +216,8 @@ def format_probe(p: dict) -> str:
              f"reward RMSE posterior {p['reward_rmse_posterior']:.4f}  one-step prior {p['reward_rmse_prior']:.4f}"
              f"  (reward std {p['reward_std']:.4f})",
              f"posterior vs prior separability {p['separability']:.3f} (0.5: indistinguishable)",
+             *(["state R² by time step (drift): " + "  ".join(f"from {k} {v:.3f}" for k, v in drift.items())]
+               if drift else []),
              "per-dimension R² / RMSE: " + ", ".join(f"{d}: {r:.2f}/{p['state_rmse_dims'][d]:.3g}"
                                                      for d, r in zip(p["dims_scored"], p["state_r2_dims"]))]
     return "\n".join(lines)

@@ -70,6 +70,8 @@ DESCRIPTIONS = {
     "probe/state_r2": "held-out R² of a ridge regression from latent features to the true state (mean over dims)",
     "probe/open_loop_r2_h{h}": "held-out state R² read from prior rollouts h steps after a filtered state",
     "probe/state_r2_mlp": "held-out R² of an MLP (256 x 256) from latent features to the state (mean over dims)",
+    "probe/state_r2_from_step_{k}": "held-out state R² (1 - MSE / variance of all held-out steps) over the steps from "
+                                    "k to the next window's start (1, 24, 100, 250): drift of the filtered state",
     "probe/state_r2_{name}": "held-out state R² over one named group of state dimensions",
     "probe/state_rmse_{name}": "held-out RMSE, in the state's own units, over one named group of dimensions",
     "probe/reward_std": "standard deviation of the held-out rewards (the scale of the reward RMSEs)",

@@ -34,6 +34,19 @@ def test_separability_is_chance_for_one_distribution_and_high_for_two():
     assert separability(*shifted, rng) > 0.9
 
 
+def test_drift_reads_each_time_window_against_the_variance_of_all_steps():
+    from latent_combo.probe import drift_r2
+
+    rng = np.random.default_rng(0)
+    step = np.tile(np.arange(1, 151), 4)  # four 150-step episodes: no step reaches the window from 250
+    y = rng.normal(size=(len(step), 3))
+    pred = y + np.where(step[:, None] >= 100, rng.normal(size=y.shape), 0.0)  # exact until step 100
+    out = drift_r2(y, pred, step, np.arange(3))
+    assert set(out) == {"state_r2_from_step_1", "state_r2_from_step_24", "state_r2_from_step_100"}
+    assert out["state_r2_from_step_1"] == 1.0 and out["state_r2_from_step_24"] == 1.0
+    assert out["state_r2_from_step_100"] == pytest.approx(0.0, abs=0.2)  # error variance = the state's: 1 - 1
+
+
 def test_probe_runs_after_the_world_model_stage(env_datasets, tmp_path, capsys):
     data = env_datasets["sawyer-door"]
     assert cli(["train", "--env", "sawyer-door", "--dataset", str(data), "--preset", "debug",
@@ -41,7 +54,7 @@ def test_probe_runs_after_the_world_model_stage(env_datasets, tmp_path, capsys):
     run = tmp_path / "sawyer-door" / data.name / "combo-image-debug-s0"
     probe = json.loads((run / "probe.json").read_text())["probe"]
     for key in ("state_r2", "state_r2_dims", "state_rmse_dims", "state_r2_hand", "reward_rmse_posterior",
-                "reward_rmse_prior", "separability"):
+                "reward_rmse_prior", "separability", "state_r2_from_step_1"):
         assert key in probe, key
     assert not (run / "agent.pt").exists()  # stopped after the probe
     # Sawyer's zero padding (11-17) and its goal (36-38, jitter of 1e-5 m) are not scored; R² there is noise.
