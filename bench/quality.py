@@ -4,7 +4,8 @@
         --algos combo lmbpo bc --seeds 0 1 2 [--workers 1] [--sweep agent.beta=0.5,1,5] [key=value ...]
 
 A thin caller of latent_combo.sweep: one world model per seed, every algorithm's agent trained on a copy
-of it, one table of final scores (mean ± 95% interval over seeds), the world model's probe per seed, and
+of it, one table of final scores (mean ± 95% interval over seeds), the first algorithm read against every
+other row and the dataset's Batch Mean (intervals apart or overlapping), the world model's probe per seed, and
 with `--sweep KEY=V1,V2` (the sweep's --grid; repeat for more keys) each setting of the algorithms it
 concerns, with the paper's offline pick (lowest final regulariser, averaged over seeds) marked.
 `--workers N` runs N trials at once (the cores shared among them). Finished runs are read, not retrained,
