@@ -46,6 +46,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     real = TransitionBuffer.from_transitions(transitions, device)
     model_buf = TransitionBuffer(c.model_buffer, feat_dim, action_dim, device) if agent.uses_rollouts else None
     ckpt, start, history, metrics = load_checkpoint(run_dir / "agent.pt"), 0, [], {}
+    q_trace = []  # (step, Q on dataset pairs) at every log step: has Q levelled off? (q_data_rise)
     # The selection rule reads the regulariser averaged over the last tenth of training: one update's
     # value is too noisy to rank runs by.
     reg_tail = deque(maxlen=max(1, c.steps // 10))
@@ -56,7 +57,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         if model_buf is not None and "model_buffer" in ckpt:
             model_buf.load_state_dict(ckpt["model_buffer"])
         set_rng_state(ckpt["rng"])
-        start, history = ckpt["step"], ckpt["history"]
+        start, history, q_trace = ckpt["step"], ckpt["history"], ckpt.get("q_trace", [])
         metrics = ckpt.get("last_metrics", {})
         reg_tail.extend(torch.tensor(v, device=device) for v in ckpt.get("regulariser_tail", []))
         if start < c.steps:
@@ -68,7 +69,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     def save(step):
         tail = torch.stack(list(reg_tail)).tolist() if reg_tail else []
         state = {"agent": agent.state_dict(), "step": step, "rng": rng_state(), "history": history,
-                 "last_metrics": synced(metrics), "regulariser_tail": tail, "config": to_dict(cfg),
+                 "last_metrics": synced(metrics), "regulariser_tail": tail, "config": to_dict(cfg), "q_trace": q_trace,
                  **{k: o.state_dict() for k, o in agent.optimisers().items()}}
         if model_buf is not None and c.save_model_buffer:
             state["model_buffer"] = model_buf.state_dict()
@@ -97,7 +98,9 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
             if reg_tail:
                 metrics["regulariser_tail_mean"] = torch.stack(list(reg_tail)).double().mean()
             metrics = synced(metrics)
-            log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step)
+            q_data = log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step)
+            if q_data is not None:
+                q_trace.append((step, q_data))
             if agent.uses_rollouts:  # the latest refresh's, logged in step with the other tags
                 excess = rollout_metrics["rollout/reward"] - data_reward
                 report.log_scalars(writer, {**rollout_metrics, "rollout/reward_minus_data": excess,
@@ -120,7 +123,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
                             "regulariser": synced(metrics).get("regulariser")})
         if step % c.checkpoint_every == 0 or step == stop:
             save(step)
-    agent.history = history
+    agent.history, agent.q_trace = history, q_trace
     agent.last_metrics = metrics
     return agent
 
@@ -142,8 +145,9 @@ def refill_model_buffer(wm, actor, real, model_buf, c, algo: str, device, step: 
 TAG_NAMES = {"q_mean": "q_batch"}
 
 
-def log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step):
-    """The update's metrics under agent/, plus Q on this step's dataset and rollout pairs."""
+def log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step) -> float | None:
+    """The update's metrics under agent/, plus Q on this step's dataset and rollout pairs; returns Q on the
+    dataset pairs (None for BC, which has no critic)."""
     report.log_scalars(writer, {f"agent/{TAG_NAMES.get(k, k)}": v for k, v in metrics.items()
                                 if k != "updates_per_s"}, step)
     with torch.no_grad():
@@ -155,14 +159,30 @@ def log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step):
                        "agent/policy_saturation": (a_pi.abs() > 0.99).float().mean(),
                        "agent/data_saturation": (real_batch["action"].abs() > 0.99).float().mean()}
         report.log_scalars(writer, {k: v.item() for k, v in diagnostics.items()}, step)
-    if agent.algo != "bc":
-        with torch.no_grad():
-            if "q_data" not in metrics:  # algorithms without a penalty: Q on dataset pairs measured here
-                report.scalar(writer, "agent/q_data", agent.critic(real_batch["state"], real_batch["action"]).mean(),
-                              step)
-            if model_batch is not None:
-                report.scalar(writer, "agent/q_model", agent.critic(model_batch["state"], model_batch["action"]).mean(),
-                              step)
+    if agent.algo == "bc":
+        return None
+    with torch.no_grad():
+        q_data = metrics.get("q_data")
+        if q_data is None:  # algorithms without a penalty: Q on dataset pairs measured here
+            q_data = agent.critic(real_batch["state"], real_batch["action"]).mean().item()
+            report.scalar(writer, "agent/q_data", q_data, step)
+        if model_batch is not None:
+            report.scalar(writer, "agent/q_model", agent.critic(model_batch["state"], model_batch["action"]).mean(),
+                          step)
+    return float(q_data)
+
+
+def relative_rise(trace: list, total_steps: int) -> float | None:
+    """How much Q on the data still rose over the last fifth of training: the mean over the last tenth of
+    the steps minus the mean over the tenth before the last fifth ((0.7, 0.8]), over the former's magnitude.
+    A soft target network lags the critic by 1 / (tau * (1 - gamma)) updates (20k at tau 0.005, gamma 0.99),
+    so a short run stops with Q still climbing; near 0 means Q has levelled off. None without enough points."""
+    late = [q for s, q in trace if s > 0.9 * total_steps]
+    before = [q for s, q in trace if 0.7 * total_steps < s <= 0.8 * total_steps]
+    if not late or not before:
+        return None
+    late_mean = sum(late) / len(late)
+    return (late_mean - sum(before) / len(before)) / max(abs(late_mean), 1e-8)
 
 
 def log_eval(writer, result: dict, frames, step: int, final: bool = False) -> None:

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from latent_combo import report
-from latent_combo.agent_training import log_eval, real_transitions, train_agent
+from latent_combo.agent_training import log_eval, real_transitions, relative_rise, train_agent
 from latent_combo.config import to_dict
 from latent_combo.data import OfflineDataset, render_settings
 from latent_combo.envs import SUCCESS_ENVS, check_rendering
@@ -86,6 +86,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
                # Averaged over the last tenth of the updates (see agent_training.train_agent).
                "final_regulariser": agent.last_metrics.get("regulariser_tail_mean"),
                "final_q_mean": agent.last_metrics.get("q_mean"),
+               "q_data_rise_last_fifth": relative_rise(agent.q_trace, cfg.agent.steps), "q_data_trace": agent.q_trace,
                "dataset_stats": dataset_stats, "probe": probe,
                "history": agent.history, "wall_time_s": time.time() - t0, "device": str(device),
                "run_dir": str(run_dir)}

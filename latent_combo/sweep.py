@@ -158,9 +158,11 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
     for (algo, name), rs in groups.items():
         scores = [r[key] for r in rs]
         regs = [r["final_regulariser"] for r in rs if r.get("final_regulariser") is not None]
+        rises = [r["q_data_rise_last_fifth"] for r in rs if r.get("q_data_rise_last_fifth") is not None]
         table.append({"algo": algo, "setting": name, "mean": float(np.mean(scores)), "ci95": ci95(scores),
                       "scores": scores, "seeds": [r["seed"] for r in rs],
                       "regulariser": float(np.mean(regs)) if regs else None,
+                      "q_rise": float(np.mean(rises)) if rises else None,
                       "wall_s": float(np.mean([r["wall_time_s"] for r in rs]))})
     for algo in dict.fromkeys(t["algo"] for t in table):
         mine = [t for t in table if t["algo"] == algo and t["regulariser"] is not None]
@@ -173,12 +175,13 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
     print(f"dataset: {stats['episodes']} episodes, Batch Mean {stats['return_mean']:.1f}, "
           f"Batch Max {stats['return_max']:.1f}" + (f", success {stats['success_rate']:.0%}" if success else ""))
     print(f"{'algo':<7} {'setting':<24} {'success' if success else 'score':>16} {'per seed':<24} "
-          f"{'regulariser':>12} {'wall':>7}")
+          f"{'regulariser':>12} {'Q rise':>7} {'wall':>7}")
     for t in table:
         reg = "-" if t["regulariser"] is None else f"{t['regulariser']:.3f}"
+        rise = "-" if t["q_rise"] is None else f"{t['q_rise']:+.0%}"
         fmt = (lambda v: f"{v:.0%}") if success else (lambda v: f"{v:.1f}")
         print(f"{t['algo']:<7} {t['setting']:<24} {fmt(t['mean']):>8} ±{fmt(t['ci95']):<7} "
-              f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {t['wall_s']:>6.0f}s"
+              f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {rise:>7} {t['wall_s']:>6.0f}s"
               + ("  <- offline pick" if t.get("offline_pick") else "")
               + ("  <- best evaluated" if t.get("best_evaluated") else ""))
     batch_mean = stats["success_rate"] if success else stats["return_mean"] / 10  # in the table's units
@@ -203,7 +206,7 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
                                                 "probe": probes,
                                                 "wall_s": wall, "runs": rows}, indent=1, default=str))
     with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["algo", "setting", "mean", "ci95", "regulariser", "wall_s", "offline_pick",
+        w = csv.DictWriter(f, ["algo", "setting", "mean", "ci95", "regulariser", "q_rise", "wall_s", "offline_pick",
                                "best_evaluated"],
                            extrasaction="ignore")
         w.writeheader()

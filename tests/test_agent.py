@@ -311,3 +311,15 @@ def test_model_buffer_age_counts_updates_since_its_rows_were_added():
     copy = TransitionBuffer(10, F, A, torch.device("cpu"))
     copy.load_state_dict(buf.state_dict())
     assert copy.mean_age(250) == 100.0
+
+
+def test_q_rise_reads_a_still_climbing_critic_apart_from_a_levelled_one():
+    from latent_combo.agent_training import relative_rise
+
+    steps = np.arange(250, 15001, 250)
+    # Q behind a soft target: 100 (1 - exp(-t tau (1 - gamma))), at tau 0.005 (still climbing at 15k) and 0.02.
+    slow, fast = ([(int(s), 100 * (1 - np.exp(-s * tau * 0.01))) for s in steps] for tau in (0.005, 0.02))
+    assert 0.12 < relative_rise(slow, 15000) < 0.2
+    assert 0 < relative_rise(fast, 15000) < 0.06
+    assert relative_rise([(int(s), -3.0) for s in steps], 15000) == 0  # flat, whatever the sign
+    assert relative_rise([(15000, 5.0)], 15000) is None  # no point before the last fifth

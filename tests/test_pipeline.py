@@ -38,6 +38,7 @@ def test_each_algo_and_env_writes_results(env, algo, env_datasets, world_models,
     key = "eval_success_rate" if env == "sawyer-door" else "eval_normalized_score"
     assert 0 <= results[key] <= 100
     assert (results["final_regulariser"] is not None) == (algo in ("combo", "cql"))
+    assert (len(results["q_data_trace"]) > 0) == (algo != "bc")  # Q on the data at every log step
     # Success is a notion of sparse-success envs only, in results.json as in the manifest.
     assert ("success_rate" in results["dataset_stats"]) == (env == "sawyer-door")
     assert (run / "config.yaml").exists() and (run / "agent.pt").exists() and list(run.glob("events.*"))
