@@ -75,6 +75,8 @@ class AgentConfig:
     critic_lr: float = 3e-4
     gamma: float = 0.99
     tau: float = 0.005
+    """Soft target update rate. The target lags the critic by 1 / (tau * (1 - gamma)) updates (20k at 0.005): a run
+    much shorter than a few lags ends with Q still climbing (results.json's q_data_rise_last_fifth says by how much)."""
     steps: int = 100_000
     """Agent updates (one critic and one actor step each)."""
     real_ratio: float = 0.5
