@@ -60,7 +60,9 @@ def trial_configs(a) -> tuple[list[dict], list[dict]]:
     """The world-model trials (one per seed) and the agent trials (seed x algo x its settings)."""
     base = {"env": a.env, "dataset": a.data_path, "obs": a.obs, "preset": a.preset, "overrides": a.overrides,
             "threads": a.threads}
-    wms = [{**base, "phase": "world-model", "seed": s, "algo": a.algos[0], "setting": {},
+    # The world model does not depend on the algorithm: its folder is named for combo whichever algorithms a
+    # sweep lists, so a later sweep of other algorithms on the same logdir reuses it instead of retraining it.
+    wms = [{**base, "phase": "world-model", "seed": s, "algo": "combo", "setting": {},
             "logdir": str(Path(a.logdir) / "world-models")} for s in a.seeds]
     agents = [{**base, "phase": "agent", "seed": s, "algo": algo, "setting": st,
                "logdir": str(Path(a.logdir) / setting_name(st)),

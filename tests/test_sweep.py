@@ -27,6 +27,9 @@ def test_two_trial_sweep_shares_one_world_model_and_resumes(env_datasets, tmp_pa
     table = json.loads((tmp_path / "runs" / "sweep.json").read_text())["table"]
     assert [t["algo"] for t in table] == ["combo", "bc"]
     assert "combo" in out and "bc" in out
+    assert cli([*args, "--algos", "bc"]) == 0  # another first algorithm: the same world model, not a new one
+    assert [d.name for d in wm_dir.parent.iterdir()] == ["combo-image-debug-s0"]
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())
 
 
 def test_compare_reads_intervals_over_seeds_against_each_row_and_the_batch_mean():
