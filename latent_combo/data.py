@@ -157,14 +157,27 @@ def render_settings(directory: str | Path) -> str:
     return "default" if meta is None else meta.get("render", "fast")
 
 
+def episode_succeeded(reward: np.ndarray, env: str) -> bool:
+    """Whether an episode (rewards, row 0 the reset) succeeded as evaluation counts it from that env's start.
+
+    sawyer-door: any rewarded step. sawyer-door-close data is door-opening behaviour, relabelled: its door
+    starts closed, so its first steps are rewarded without anything done, while evaluation starts with the door
+    open. Success there is the door closing after being open: a rewarded step after an unrewarded one (row 1 on).
+    """
+    r = reward[1:] > 0
+    if env == "sawyer-door-close":
+        return bool((r[1:] & ~r[:-1]).any())
+    return bool(r.any())
+
+
 def episode_stats(rewards: list[np.ndarray], env: str | None) -> dict:
-    """Batch Mean / Max / Min of episode returns, and for sparse-success envs the success rate (any
-    positive reward): a dense-reward env such as walker-walk has no notion of success."""
+    """Batch Mean / Max / Min of episode returns, and for sparse-success envs the success rate
+    (episode_succeeded): a dense-reward env such as walker-walk has no notion of success."""
     returns = np.array([r[1:].sum() for r in rewards], dtype=np.float64)
     stats = {"return_mean": float(returns.mean()), "return_max": float(returns.max()),
              "return_min": float(returns.min()), "return_std": float(returns.std())}
     if env in SUCCESS_ENVS:
-        stats["success_rate"] = float(np.mean([r[1:].max() > 0 for r in rewards]))
+        stats["success_rate"] = float(np.mean([episode_succeeded(r, env) for r in rewards]))
     return stats
 
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import make_episode
 
 from latent_combo.cli import main as cli
-from latent_combo.data import DatasetError, OfflineDataset, load_episode, save_episode, verify
+from latent_combo.data import DatasetError, OfflineDataset, episode_stats, load_episode, save_episode, verify
 
 
 def test_round_trip(tmp_path):
@@ -102,6 +102,19 @@ def test_info_json(tiny_dataset, capsys):
     assert row["return_max"] == pytest.approx(np.max(returns), rel=1e-5)
     meta = json.loads((tiny_dataset / "metadata.json").read_text())
     assert meta["total_episodes"] == 5 and meta["total_steps"] == 63 and len(meta["files"]) == 5
+
+
+def test_door_close_success_needs_the_door_to_close_after_being_open():
+    # Relabelled door-open data: the door starts closed (rewarded rows 1-3), then the behaviour opens it.
+    opened = np.array([0, 1, 1, 1, 0, 0, 0], np.float32)
+    reclosed = np.array([0, 1, 1, 0, 0, 1, 1], np.float32)  # swung shut again: what evaluation calls success
+    never = np.zeros(7, np.float32)
+    close = episode_stats([opened, reclosed, never], "sawyer-door-close")
+    assert close["success_rate"] == pytest.approx(1 / 3)
+    # door-open counts any rewarded step; walker has no success at all
+    assert episode_stats([opened, reclosed, never], "sawyer-door")["success_rate"] == pytest.approx(2 / 3)
+    assert "success_rate" not in episode_stats([opened], "walker-walk")
+    assert close["return_mean"] == pytest.approx((3 + 4 + 0) / 3)
 
 
 def test_vd4rl_folder_without_metadata_or_state(tmp_path):
