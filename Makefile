@@ -73,6 +73,10 @@ collect-sawyer: setup
 	  .venv/bin/latent-combo collect --env sawyer-door --flavour $$f --episodes $(EPISODES) \
 	    --workers $(WORKERS) || exit 1; done
 	for f in medium expert medium-replay medium-expert; do .venv/bin/latent-combo info data/sawyer-door/$$f; done
+	# The generalisation task (paper Table 1): the medium-expert door-opening data, rewarded for a closed door.
+	.venv/bin/latent-combo collect --env sawyer-door-close --flavour medium-expert --episodes $(EPISODES) \
+	  --workers $(WORKERS)
+	.venv/bin/latent-combo info data/sawyer-door-close/medium-expert
 
 tensorboard: setup
 	.venv/bin/tensorboard --logdir runs --bind_all
