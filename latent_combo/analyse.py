@@ -5,11 +5,17 @@ prior head per step as the agent's rollouts do. At every step two uncertainty es
 true error of the prediction:
 - uncertainty: LOMPO's (std over the K prior heads of log p_k(z | h) of the predicted z) and MOPO's
   "Max Var" (max over heads of the Frobenius norm of the head's diagonal covariance, sqrt(sum sigma^4));
-- error: in latent space, the distance of the model's point prediction (the rollout's h, the heads' mean z)
-  to the posterior feature (mean z) of the real observation reached; and in state space, the probe's
-  reading of the prediction against the true state (RMS over dimensions in units of each dimension's std),
-  where the dataset stores the state.
+- error: in reward, the reward head's prediction at the rollout's (sampled) state, as the agent's rollouts
+  use it, against the reward the data received there; in latent space, the distance of the model's point
+  prediction (the rollout's h, the heads' mean z) to the posterior feature (mean z) of the real observation
+  reached; and in state space, the probe's reading of the prediction against the true state (RMS over
+  dimensions in units of each dimension's std), where the dataset stores the state.
 Both normalised to [0, 1] over the points; a least-squares line and its R² per (estimate, error) pair.
+
+The reward error also calibrates LOMPO's lambda offline: lambda = E|r_hat - r| / E[u] makes the penalty
+lambda * u, on average along these rollouts, as large as the model's own reward error (MOPO's argument: a
+penalty that bounds the model's error makes the penalised return a lower bound; here it matches the error
+on average rather than bounding it pointwise). No evaluated return is read.
 """
 
 from __future__ import annotations
@@ -29,11 +35,11 @@ def rollout_points(wm, dataset, device, rng: np.random.Generator, horizon: int, 
     """Per rollout step: both uncertainty estimates, the latent error, the predicted and true features,
     the true state (if stored), and the step index 1..horizon."""
     wm.eval()
-    rssm, pts = wm.rssm, {k: [] for k in ("lompo", "maxvar", "latent", "pred", "post", "state", "step")}
+    rssm, pts = wm.rssm, {k: [] for k in ("lompo", "maxvar", "reward", "latent", "pred", "post", "state", "step")}
     gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
     for lo in range(0, len(dataset), chunk):
         eps = [dataset.episode(i) for i in range(lo, min(lo + chunk, len(dataset)))]
-        b = padded_episodes(eps, (wm.obs, "action", "is_first"), device)
+        b = padded_episodes(eps, (wm.obs, "action", "reward", "is_first"), device)
         post = rssm.observe(wm.embed(wm.target(b)), b["action"], b["is_first"])
         rows, cols = [], []
         for j, e in enumerate(eps):
@@ -55,6 +61,8 @@ def rollout_points(wm, dataset, device, rng: np.random.Generator, horizon: int, 
         # The model's point prediction of the state reached: the rollout's h with the heads' mean z. Not the
         # sampled z, whose own noise Max Var (the predicted variance) would predict by construction.
         point = torch.cat([split["h"], mean.mean(0)], -1)
+        # The reward at step t is the one received on reaching observation t, predicted from its feature.
+        pts["reward"].append((wm.reward(feats).squeeze(-1) - b["reward"][rows[:, None], span]).abs().cpu())
         pts["lompo"].append(log_p.std(0).cpu())
         pts["maxvar"].append(std.pow(4).sum(-1).sqrt().amax(0).cpu())
         pts["latent"].append((point - truth).norm(dim=-1).cpu())
@@ -92,7 +100,7 @@ def analyse(wm, dataset, device, horizon: int, seed: int = 0) -> tuple[dict, dic
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         p = rollout_points(wm, dataset, device, rng, horizon)
-    errors = {"latent": p["latent"]}
+    errors = {"reward": p["reward"], "latent": p["latent"]}
     if "state" in p:
         # The probe's regression, fitted on the posterior features of the same steps (the points are
         # rollout predictions, not what it was fitted on); errors in units of each dimension's std.
@@ -108,6 +116,8 @@ def analyse(wm, dataset, device, horizon: int, seed: int = 0) -> tuple[dict, dic
         # How the estimate grows with the rollout step (an honest estimate should).
         out[f"{est}_step1_mean"] = float(p[est][p["step"] == 1].mean())
         out[f"{est}_step{horizon}_mean"] = float(p[est][p["step"] == horizon].mean())
+    out["lompo_mean"], out["error_reward_mean"] = float(p["lompo"].mean()), float(p["reward"].mean())
+    out["lompo_lambda_calibrated"] = out["error_reward_mean"] / max(out["lompo_mean"], 1e-12)
     for space, err in errors.items():
         out[f"error_{space}_step1_mean"] = float(err[p["step"] == 1].mean())
         out[f"error_{space}_step{horizon}_mean"] = float(err[p["step"] == horizon].mean())
@@ -148,6 +158,8 @@ def format_analysis(f: dict) -> str:
     for key in sorted(k for k in f if k.endswith("_r2")):
         est, space = key[:-len("_r2")].split("_vs_")
         lines.append(f"{est:<8} {space:<7} {f[key]:>7.3f} {f[f'{est}_vs_{space}_slope']:>7.3f}")
+    lines.append(f"LOMPO's lambda calibrated to the model's reward error: E|r_hat - r| {f['error_reward_mean']:.4f} / "
+                 f"E[std log p] {f['lompo_mean']:.4f} = {f['lompo_lambda_calibrated']:.3f}")
     return "\n".join(lines)
 
 

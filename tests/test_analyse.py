@@ -27,6 +27,11 @@ def test_analyse_after_a_debug_run(env_datasets, tmp_path, capsys):
     for est in ("lompo", "maxvar"):
         for space in ("latent", "state"):
             assert 0 <= figures[f"{est}_vs_{space}_r2"] <= 1
+    assert 0 <= figures["lompo_vs_reward_r2"] <= 1
+    # LOMPO's offline lambda: the model's mean reward error over its mean disagreement, both measured here.
+    assert figures["error_reward_mean"] > 0 and figures["lompo_mean"] > 0
+    assert abs(figures["lompo_lambda_calibrated"] - figures["error_reward_mean"] / figures["lompo_mean"]) < 1e-9
+    assert "calibrated" in capsys.readouterr().out
     assert figures["horizon"] == 3 and figures["points"] > 0
     assert (run / "uncertainty_vs_error.png").stat().st_size > 10_000
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
