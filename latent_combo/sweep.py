@@ -226,7 +226,7 @@ def compare(table: list[dict], batch_mean: float) -> list[str]:
         return []
 
     def reading(mean, lo, hi):
-        side = "above" if first["mean"] > mean else "below"
+        side = "above" if first["mean"] > mean else "below" if first["mean"] < mean else "level"
         apart = first["mean"] - first["ci95"] > hi or first["mean"] + first["ci95"] < lo
         return f"{side}, {'intervals apart' if apart else 'intervals overlap'}"
 

@@ -45,4 +45,6 @@ def test_compare_reads_intervals_over_seeds_against_each_row_and_the_batch_mean(
     assert lines[2].endswith("below, intervals overlap")  # 37..43 against 42.5..47.5
     assert lines[3].endswith("below")
     assert compare(table, batch_mean=41.0)[3].endswith("level (the Batch Mean is inside its interval)")
+    # Equal means (sawyer expert: 100% on every seed for every algorithm) read level, not below.
+    assert compare([row("combo", 1.0, 0.0), row("bc", 1.0, 0.0)], 1.0)[0].endswith("level, intervals overlap")
     assert compare([row("combo", 40.0, 0.0, n=1), row("bc", 30.0, 0.0, n=1)], 49.0) == []
