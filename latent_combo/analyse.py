@@ -32,7 +32,7 @@ ESTIMATES = ("lompo", "maxvar")
 @torch.no_grad()
 def rollout_points(wm, dataset, device, rng: np.random.Generator, horizon: int, every: int = 10,
                    chunk: int = 32) -> dict:
-    """Per rollout step: both uncertainty estimates, the latent error, the predicted and true features,
+    """Per rollout step: both uncertainty estimates, the reward and latent errors, the predicted and true features,
     the true state (if stored), and the step index 1..horizon."""
     wm.eval()
     rssm, pts = wm.rssm, {k: [] for k in ("lompo", "maxvar", "reward", "latent", "pred", "post", "state", "step")}
