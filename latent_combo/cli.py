@@ -38,9 +38,10 @@ def cmd_info(a) -> int:
         print(json.dumps(row, indent=1))
         return 0
     success = "success_rate" in stats  # sparse-success envs only (see data.episode_stats)
-    print(f"{'dataset':<32} {'episodes':>8} {'transitions':>11} {'Batch Mean':>10} {'Batch Max':>9} "
+    w = max(32, len(str(a.dir)))  # a long path widens the first column rather than shifting the others
+    print(f"{'dataset':<{w}} {'episodes':>8} {'transitions':>11} {'Batch Mean':>10} {'Batch Max':>9} "
           f"{'Min':>7}" + (f" {'success':>7}" if success else ""))
-    print(f"{str(a.dir):<32} {stats['episodes']:>8} {stats['transitions']:>11} {stats['return_mean']:>10.1f} "
+    print(f"{str(a.dir):<{w}} {stats['episodes']:>8} {stats['transitions']:>11} {stats['return_mean']:>10.1f} "
           f"{stats['return_max']:>9.1f} {stats['return_min']:>7.1f}"
           + (f" {stats['success_rate']:>7.1%}" if success else ""))
     return 0
@@ -217,14 +218,17 @@ SELECT_FREE = {("agent", "beta"), ("agent", "real_ratio"), ("seed",), ("logdir",
 
 def cmd_select(a) -> int:
     """The paper's offline rule: among runs differing only in beta / f, the setting with the lowest final
-    regulariser (averaged over its seeds). Reads only `final_regulariser`, never an evaluation return."""
+    regulariser (averaged over its seeds), leaving out settings whose Q on data is below the floor or still
+    moving (selection.py). Reads the regulariser and Q on data, never an evaluation return."""
+    from latent_combo import selection
+
     runs, reference = [], None
     for d in a.run_dirs:
         path, cfg_path = Path(d) / "results.json", Path(d) / "config.yaml"
         if not path.exists() or not cfg_path.exists():
             raise FileNotFoundError(f"{path if not path.exists() else cfg_path}: missing (run not finished)")
-        reg = json.loads(path.read_text()).get("final_regulariser")
-        if reg is None:
+        results = json.loads(path.read_text())
+        if results.get("final_regulariser") is None:
             raise ValueError(f"{path}: no final_regulariser (this algo has no conservative regulariser)")
         cfg = flatten(yaml.safe_load(cfg_path.read_text()))
         fixed = {k: v for k, v in cfg.items() if k not in SELECT_FREE}
@@ -234,19 +238,33 @@ def cmd_select(a) -> int:
             keys = sorted(".".join(k) for k in set(fixed) | set(reference[1]) if fixed.get(k) != reference[1].get(k))
             raise ValueError(f"{d} and {reference[0]} differ in {keys}: select compares runs that differ "
                              "only in agent.beta, agent.real_ratio and the seed")
-        runs.append((cfg[("agent", "beta")], cfg[("agent", "real_ratio")], cfg[("seed",)], reg, d))
+        floor = selection.q_floor(results.get("dataset_stats", {}).get("reward_min"), cfg[("agent", "gamma")])
+        runs.append({"beta": cfg[("agent", "beta")], "f": cfg[("agent", "real_ratio")], "seed": cfg[("seed",)],
+                     "regulariser": results["final_regulariser"], "dir": d, "floor": floor,
+                     "q_data": selection.final_q(results.get("q_data_trace")),
+                     "q_rise": results.get("q_data_rise_last_fifth")})
+    print(f"{'beta':>6} {'f':>5} {'seed':>4} {'regulariser':>12} {'Q data':>8}  run")
+    for r in sorted(runs, key=lambda r: (r["beta"], r["f"], r["seed"])):
+        q = "-" if r["q_data"] is None else f"{r['q_data']:.3g}"
+        print(f"{r['beta']:>6g} {r['f']:>5g} {r['seed']:>4} {r['regulariser']:>12.4f} {q:>8}  {r['dir']}")
     settings = {}
-    for beta, f, _, reg, _ in runs:
-        settings.setdefault((beta, f), []).append(reg)
-    print(f"{'beta':>6} {'f':>5} {'seed':>4} {'regulariser':>12}  run")
-    for beta, f, seed, reg, d in sorted(runs):
-        print(f"{beta:>6g} {f:>5g} {seed:>4} {reg:>12.4f}  {d}")
+    for r in runs:
+        settings.setdefault((r["beta"], r["f"]), []).append(r)
+    table = []
+    for (beta, f), rs in settings.items():
+        mean = {k: selection.mean_of([r[k] for r in rs]) for k in ("regulariser", "q_data", "q_rise")}
+        table.append({"beta": beta, "f": f, "runs": len(rs), "regulariser": mean["regulariser"],
+                      "excluded": selection.exclusions(mean["q_data"], mean["q_rise"], rs[0]["floor"])})
+    table.sort(key=lambda t: t["regulariser"])
     print(f"\n{'beta':>6} {'f':>5} {'runs':>4} {'mean':>12}")
-    means = {k: float(np.mean(v)) for k, v in settings.items()}
-    for (beta, f), m in sorted(means.items(), key=lambda kv: kv[1]):
-        print(f"{beta:>6g} {f:>5g} {len(settings[beta, f]):>4} {m:>12.4f}")
-    beta, f = min(means, key=means.get)
-    print(f"\npick: agent.beta={beta:g} agent.real_ratio={f:g}")
+    for t in table:
+        print(f"{t['beta']:>6g} {t['f']:>5g} {t['runs']:>4} {t['regulariser']:>12.4f}"
+              + (f"  (not pickable: {'; '.join(t['excluded'])})" if t["excluded"] else ""))
+    i = selection.pick(table)
+    if i is None:
+        print("\npick: none (every setting's Q on data is below the floor or still moving)")
+        return 1
+    print(f"\npick: agent.beta={table[i]['beta']:g} agent.real_ratio={table[i]['f']:g}")
     return 0
 
 

@@ -171,11 +171,14 @@ def episode_succeeded(reward: np.ndarray, env: str) -> bool:
 
 
 def episode_stats(rewards: list[np.ndarray], env: str | None) -> dict:
-    """Batch Mean / Max / Min of episode returns, and for sparse-success envs the success rate
-    (episode_succeeded): a dense-reward env such as walker-walk has no notion of success."""
+    """Batch Mean / Max / Min of episode returns, the smallest per-step reward (the floor of any return; see
+    selection.q_floor), and for sparse-success envs the success rate (episode_succeeded): a dense-reward env such
+    as walker-walk has no notion of success."""
     returns = np.array([r[1:].sum() for r in rewards], dtype=np.float64)
+    steps = [r[1:] for r in rewards if len(r) > 1]  # row 0 is the reset, with no reward
     stats = {"return_mean": float(returns.mean()), "return_max": float(returns.max()),
-             "return_min": float(returns.min()), "return_std": float(returns.std())}
+             "return_min": float(returns.min()), "return_std": float(returns.std()),
+             "reward_min": float(min(s.min() for s in steps)) if steps else None}
     if env in SUCCESS_ENVS:
         stats["success_rate"] = float(np.mean([episode_succeeded(r, env) for r in rewards]))
     return stats

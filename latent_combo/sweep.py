@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from latent_combo import selection
 from latent_combo.evaluate import ci95
 
 # Which algorithms a grid key means something to; a key not listed applies to every algorithm but bc.
@@ -148,44 +149,65 @@ def run_sweep(a) -> dict:
     return summarise(rows, a, time.time() - t0)
 
 
+def q_floor_of(row: dict, stats: dict) -> float | None:
+    """selection.q_floor for a run: its config's gamma and the dataset's smallest reward."""
+    gamma = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())["agent"]["gamma"]
+    return selection.q_floor(stats.get("reward_min"), gamma)
+
+
 def summarise(rows: list[dict], a, wall: float) -> dict:
-    """The table (algo x setting, mean ± 95% interval over seeds), the offline pick per algorithm (lowest
-    final regulariser, averaged over seeds; never a return), the probe per seed; printed and written."""
+    """The table (algo x setting, mean ± 95% interval over seeds), the offline pick per algorithm (selection.py:
+    the lowest final regulariser, averaged over seeds, among settings whose Q on data is above the floor and
+    level; never a return), the probe per seed; printed and written."""
     success = "eval_success_rate" in rows[0]
     key = "eval_success_rate" if success else "eval_normalized_score"
+    stats = rows[0]["dataset_stats"]
+    if "reward_min" not in stats:  # runs finished before the statistic existed
+        from latent_combo.data import OfflineDataset
+
+        stats = {**stats, "reward_min": OfflineDataset(a.data_path, check=False).stats()["reward_min"]}
     groups = {}
     for r in rows:
         groups.setdefault((r["algo"], setting_name(r["setting"])), []).append(r)
     table = []
     for (algo, name), rs in groups.items():
         scores = [r[key] for r in rs]
-        regs = [r["final_regulariser"] for r in rs if r.get("final_regulariser") is not None]
-        rises = [r["q_data_rise_last_fifth"] for r in rs if r.get("q_data_rise_last_fifth") is not None]
+        q_data = selection.mean_of([selection.final_q(r.get("q_data_trace")) for r in rs])
+        q_rise = selection.mean_of([r.get("q_data_rise_last_fifth") for r in rs])
         table.append({"algo": algo, "setting": name, "mean": float(np.mean(scores)), "ci95": ci95(scores),
                       "scores": scores, "seeds": [r["seed"] for r in rs],
-                      "regulariser": float(np.mean(regs)) if regs else None,
-                      "q_rise": float(np.mean(rises)) if rises else None,
+                      "regulariser": selection.mean_of([r.get("final_regulariser") for r in rs]),
+                      "q_data": q_data, "q_rise": q_rise,
+                      "excluded": selection.exclusions(q_data, q_rise, q_floor_of(rs[0], stats)),
                       "wall_s": float(np.mean([r["wall_time_s"] for r in rs]))})
+    picks = {}
     for algo in dict.fromkeys(t["algo"] for t in table):
         mine = [t for t in table if t["algo"] == algo and t["regulariser"] is not None]
         if len(mine) > 1:
-            min(mine, key=lambda t: t["regulariser"])["offline_pick"] = True
+            i = selection.pick(mine)
+            picks[algo] = None if i is None else mine[i]["setting"]
+            if i is not None:
+                mine[i]["offline_pick"] = True
             # Shown beside the pick to judge the rule, never used to choose.
             max(mine, key=lambda t: t["mean"])["best_evaluated"] = True
-    stats = rows[0]["dataset_stats"]
     print(f"\n{a.env} {Path(a.data_path).name} obs={a.obs} preset={a.preset} seeds={a.seeds}  ({wall:.0f}s)")
     print(f"dataset: {stats['episodes']} episodes, Batch Mean {stats['return_mean']:.1f}, "
           f"Batch Max {stats['return_max']:.1f}" + (f", success {stats['success_rate']:.0%}" if success else ""))
     print(f"{'algo':<7} {'setting':<24} {'success' if success else 'score':>16} {'per seed':<24} "
-          f"{'regulariser':>12} {'Q rise':>7} {'wall':>7}")
+          f"{'regulariser':>12} {'Q data':>7} {'Q rise':>7} {'wall':>7}")
     for t in table:
         reg = "-" if t["regulariser"] is None else f"{t['regulariser']:.3f}"
+        q = "-" if t["q_data"] is None else f"{t['q_data']:.3g}"
         rise = "-" if t["q_rise"] is None else f"{t['q_rise']:+.0%}"
         fmt = (lambda v: f"{v:.0%}") if success else (lambda v: f"{v:.1f}")
         print(f"{t['algo']:<7} {t['setting']:<24} {fmt(t['mean']):>8} ±{fmt(t['ci95']):<7} "
-              f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {rise:>7} {t['wall_s']:>6.0f}s"
+              f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {q:>7} {rise:>7} {t['wall_s']:>6.0f}s"
               + ("  <- offline pick" if t.get("offline_pick") else "")
-              + ("  <- best evaluated" if t.get("best_evaluated") else ""))
+              + ("  <- best evaluated" if t.get("best_evaluated") else "")
+              + (f"  (not pickable: {'; '.join(t['excluded'])})" if t["excluded"] and t["regulariser"] is not None
+                 else ""))
+    for algo in (k for k, v in picks.items() if v is None):
+        print(f"offline pick for {algo}: none (every setting's Q on data is below the floor or still moving)")
     batch_mean = stats["success_rate"] if success else stats["return_mean"] / 10  # in the table's units
     readings = compare(table, batch_mean)
     if readings:
@@ -204,13 +226,13 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
     out = Path(a.logdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k != "func"},
-                                                "dataset": stats, "table": table, "readings": readings,
+                                                "dataset": stats, "table": table, "picks": picks,
+                                                "readings": readings,
                                                 "probe": probes,
                                                 "wall_s": wall, "runs": rows}, indent=1, default=str))
     with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["algo", "setting", "mean", "ci95", "regulariser", "q_rise", "wall_s", "offline_pick",
-                               "best_evaluated"],
-                           extrasaction="ignore")
+        w = csv.DictWriter(f, ["algo", "setting", "mean", "ci95", "regulariser", "q_data", "q_rise", "wall_s",
+                               "offline_pick", "best_evaluated"], extrasaction="ignore")
         w.writeheader()
         w.writerows(table)
     print(f"\ntable: {out / 'sweep.json'}, {out / 'sweep.csv'}; Tune results: {Path(a.storage) / a.name}-*")
