@@ -33,24 +33,39 @@ PROBE_KEYS = ("state_r2", "open_loop_r2_h1", "open_loop_r2_h5", "open_loop_r2_h1
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
-    """['agent.beta=0.1,0.3,1', ...] -> {'agent.beta': [0.1, 0.3, 1], ...}; agent keys only (a world-model
-    key would need one world model per setting: pass it as a key=value override instead)."""
+    """['agent.beta=0.1,0.3,1', 'cql:agent.beta=0.3', ...] -> {'agent.beta': [0.1, 0.3, 1], 'cql:agent.beta': [0.3]};
+    agent keys only (a world-model key would need one world model per setting: pass it as a key=value override
+    instead). An `ALGO:` prefix gives that algorithm its own values, so that each algorithm of one table runs at
+    its own offline pick (e.g. combo:agent.beta=0.3 cql:agent.beta=0.1)."""
+    from latent_combo.config import ALGOS
+
     grid = {}
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not values:
-            raise ValueError(f"--grid {item!r}: expected key=v1,v2,..., e.g. agent.beta=0.1,0.3,1")
-        if not key.startswith("agent."):
-            raise ValueError(f"--grid {key}: only agent.* keys are swept over a shared world model; "
+            raise ValueError(f"--grid {item!r}: expected [algo:]key=v1,v2,..., e.g. agent.beta=0.1,0.3,1")
+        algo, _, bare = key.rpartition(":")
+        if algo and algo not in ALGOS:
+            raise ValueError(f"--grid {item!r}: unknown algorithm {algo!r} before ':' (expected one of {ALGOS})")
+        if not bare.startswith("agent."):
+            raise ValueError(f"--grid {bare}: only agent.* keys are swept over a shared world model; "
                              "give world-model keys as key=value overrides")
         grid[key] = [yaml.safe_load(v) for v in values.split(",")]
     return grid
 
 
 def settings_for(algo: str, grid: dict[str, list]) -> list[dict]:
-    """The grid restricted to the keys that matter to `algo`: [{}] when none does."""
-    keys = [k for k in grid if algo in RELEVANT.get(k, ("combo", "cql", "lompo", "lmbpo"))]
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    """The grid restricted to the keys that matter to `algo` (its own `algo:` keys, and the unprefixed keys
+    RELEVANT to it), as settings with unprefixed keys: [{}] when none applies."""
+    keys, names = [], []
+    for key in grid:
+        owner, _, bare = key.rpartition(":")
+        if owner == algo or (not owner and algo in RELEVANT.get(bare, ("combo", "cql", "lompo", "lmbpo"))):
+            if bare in names:
+                raise ValueError(f"--grid gives {bare} to {algo} twice (with and without '{algo}:')")
+            keys.append(key)
+            names.append(bare)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def setting_name(setting: dict) -> str:
@@ -268,7 +283,8 @@ def add_arguments(s) -> None:
     s.add_argument("--algos", nargs="+", default=["combo", "lmbpo", "bc"], choices=ALGOS)
     s.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="agent setting to sweep (repeat for a grid), e.g. agent.beta=0.1,0.3,1")
+                   help="agent setting to sweep (repeat for a grid), e.g. agent.beta=0.1,0.3,1; "
+                        "cql:agent.beta=0.3 gives one algorithm its own values")
     s.add_argument("--obs", default="image", choices=("image", "state"))
     s.add_argument("--preset", default="cpu", choices=PRESETS)
     s.add_argument("--address", default=None, help="an existing Ray cluster (default: a local Ray)")

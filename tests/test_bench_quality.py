@@ -27,10 +27,12 @@ def test_flags_map_onto_the_sweep(quality):
 def test_bad_sweep_item_names_the_flag():
     from latent_combo.sweep import parse_grid
 
-    with pytest.raises(ValueError, match="--grid 'agent.beta': expected key=v1,v2"):
+    with pytest.raises(ValueError, match="--grid 'agent.beta': expected .algo:.key=v1,v2"):
         parse_grid(["agent.beta"])
     with pytest.raises(ValueError, match="only agent.. keys"):
         parse_grid(["wm.steps=1,2"])
+    with pytest.raises(ValueError, match="unknown algorithm 'sac'"):
+        parse_grid(["sac:agent.beta=1"])
 
 
 def test_grid_settings_go_to_the_algorithms_they_concern():
@@ -40,3 +42,15 @@ def test_grid_settings_go_to_the_algorithms_they_concern():
     assert settings_for("combo", grid) == [{"agent.beta": 0.1}, {"agent.beta": 1}]
     assert settings_for("lompo", grid) == [{"agent.lompo_lambda": 1}, {"agent.lompo_lambda": 5}]
     assert settings_for("bc", grid) == [{}]
+
+
+def test_an_algorithm_prefix_gives_one_algorithm_its_own_values():
+    from latent_combo.sweep import parse_grid, settings_for
+
+    grid = parse_grid(["combo:agent.beta=0.3", "cql:agent.beta=0.1,1", "agent.lompo_lambda=0.5"])
+    assert settings_for("combo", grid) == [{"agent.beta": 0.3}]
+    assert settings_for("cql", grid) == [{"agent.beta": 0.1}, {"agent.beta": 1}]
+    assert settings_for("lompo", grid) == [{"agent.lompo_lambda": 0.5}]
+    assert settings_for("bc", grid) == [{}]
+    with pytest.raises(ValueError, match="agent.beta to cql twice"):
+        settings_for("cql", parse_grid(["agent.beta=1", "cql:agent.beta=0.1"]))
