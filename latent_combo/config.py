@@ -1,6 +1,7 @@
 """Run configuration: frozen dataclasses, YAML presets merged in order, `key=value` overrides.
 
-Resolution order: dataclass defaults < configs/<env>.yaml < configs/<preset>.yaml < CLI overrides.
+Resolution order: dataclass defaults < configs/<robot>.yaml < configs/<env>.yaml < configs/<preset>.yaml < CLI
+overrides, where <robot> is the env name up to its first '-' (`sawyer` for sawyer-door and sawyer-door-close).
 Nested fields are addressed with dots: `wm.deter=128`, `agent.beta=0.5`.
 """
 
@@ -248,12 +249,15 @@ def parse_overrides(items: list[str]) -> dict:
 
 def resolve(preset: str = "cpu", env: str = "walker-walk", overrides: dict | None = None,
             config_dir: Path = CONFIG_DIR) -> Config:
-    """defaults < configs/<env>.yaml < configs/<preset>.yaml < configs/<preset>-<obs>.yaml < overrides."""
+    """defaults < configs/<robot>.yaml < configs/<env>.yaml < configs/<preset>.yaml < configs/<preset>-<obs>.yaml
+    < overrides. <robot> (the env name before its first '-') holds what a robot's tasks share, such as the reward
+    scale that sets beta: sawyer-door and sawyer-door-close both reward 0 or 1 per step."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     overrides = dict(overrides or {})
     cfg = Config(env=env, preset=preset)
-    for name in (env, preset):
+    robot = env.split("-")[0]
+    for name in dict.fromkeys((robot, env, preset)):
         path = config_dir / f"{name}.yaml"
         if path.exists():
             cfg = merge(cfg, load_yaml(path), str(path))

@@ -45,3 +45,14 @@ def test_saved_config_round_trips():
     cfg = resolve("debug", "sawyer-door", {"agent.beta": 2.0})
     assert from_dict(yaml.safe_load(yaml.safe_dump(to_dict(cfg)))) == cfg
     assert isinstance(cfg, Config)
+
+
+def test_robot_yaml_applies_to_each_of_its_tasks_before_the_task_yaml(tmp_path):
+    (tmp_path / "sawyer.yaml").write_text("agent:\n  beta: 0.3\n  tau: 0.01\n")
+    (tmp_path / "sawyer-door-close.yaml").write_text("agent:\n  tau: 0.05\n")
+    door = resolve("debug", "sawyer-door", config_dir=tmp_path)
+    close = resolve("debug", "sawyer-door-close", config_dir=tmp_path)
+    walker = resolve("debug", "walker-walk", config_dir=tmp_path)
+    assert (door.agent.beta, door.agent.tau) == (0.3, 0.01)
+    assert (close.agent.beta, close.agent.tau) == (0.3, 0.05)
+    assert walker.agent.beta == resolve("debug", "walker-walk", config_dir=tmp_path / "none").agent.beta != 0.3
