@@ -260,11 +260,12 @@ def cmd_select(a) -> int:
     for t in table:
         print(f"{t['beta']:>6g} {t['f']:>5g} {t['runs']:>4} {t['regulariser']:>12.4f}"
               + (f"  (not pickable: {'; '.join(t['excluded'])})" if t["excluded"] else ""))
-    i = selection.pick(table)
+    i, fallback = selection.pick(table)
     if i is None:
-        print("\npick: none (every setting's Q on data is below the floor or still moving)")
+        print("\npick: none (every setting's Q on data is below the floor)")
         return 1
-    print(f"\npick: agent.beta={table[i]['beta']:g} agent.real_ratio={table[i]['f']:g}")
+    print(f"\npick: agent.beta={table[i]['beta']:g} agent.real_ratio={table[i]['f']:g}"
+          + ("  (fallback: no setting levelled off; the lowest regulariser above the floor)" if fallback else ""))
     return 0
 
 

@@ -199,10 +199,10 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
     for algo in dict.fromkeys(t["algo"] for t in table):
         mine = [t for t in table if t["algo"] == algo and t["regulariser"] is not None]
         if len(mine) > 1:
-            i = selection.pick(mine)
+            i, fallback = selection.pick(mine)
             picks[algo] = None if i is None else mine[i]["setting"]
             if i is not None:
-                mine[i]["offline_pick"] = True
+                mine[i]["offline_pick"] = "fallback: no setting levelled off" if fallback else True
             # Shown beside the pick to judge the rule, never used to choose.
             max(mine, key=lambda t: t["mean"])["best_evaluated"] = True
     print(f"\n{a.env} {Path(a.data_path).name} obs={a.obs} preset={a.preset} seeds={a.seeds}  ({wall:.0f}s)")
@@ -218,11 +218,12 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
         print(f"{t['algo']:<7} {t['setting']:<24} {fmt(t['mean']):>8} ±{fmt(t['ci95']):<7} "
               f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {q:>7} {rise:>7} {t['wall_s']:>6.0f}s"
               + ("  <- offline pick" if t.get("offline_pick") else "")
+              + (f" ({t['offline_pick']})" if isinstance(t.get("offline_pick"), str) else "")
               + ("  <- best evaluated" if t.get("best_evaluated") else "")
               + (f"  (not pickable: {'; '.join(t['excluded'])})" if t["excluded"] and t["regulariser"] is not None
                  else ""))
     for algo in (k for k, v in picks.items() if v is None):
-        print(f"offline pick for {algo}: none (every setting's Q on data is below the floor or still moving)")
+        print(f"offline pick for {algo}: none (every setting's Q on data is below the floor)")
     batch_mean = stats["success_rate"] if success else stats["return_mean"] / 10  # in the table's units
     readings = compare(table, batch_mean)
     if readings:

@@ -34,8 +34,17 @@ def test_pick_passes_over_settings_below_the_floor_or_still_moving():
     assert selection.exclusions(None, None, None) == []  # older runs: the checks they cannot feed are left out
     table = [{"regulariser": -0.5, "excluded": ["Q on data -20 below the floor 0"]},
              {"regulariser": -0.1, "excluded": []}, {"regulariser": 0.2, "excluded": []}]
-    assert selection.pick(table) == 1  # the paper's rule alone would take row 0
-    assert selection.pick(table[:1]) is None
+    assert selection.pick(table) == (1, False)  # the paper's rule alone would take row 0
+    assert selection.pick(table[:1]) == (None, False)
+
+
+def test_when_nothing_has_levelled_off_the_pick_falls_back_to_the_floor_check_alone():
+    moving = selection.exclusions(1.5, 0.11, 0.0)
+    below = selection.exclusions(-2.6, -0.17, 0.0)
+    table = [{"regulariser": 0.16, "excluded": moving}, {"regulariser": 0.02, "excluded": moving},
+             {"regulariser": -0.02, "excluded": below}]
+    assert selection.pick(table) == (1, True)  # row 2 has the lowest regulariser but is below the floor
+    assert selection.pick(table[2:]) == (None, False)
 
 
 def test_select_leaves_out_a_critic_below_zero_on_nonnegative_rewards(tmp_path, capsys):
