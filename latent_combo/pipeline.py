@@ -44,7 +44,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
+    save_config(cfg, run_dir, world_model_only)
     print(f"run folder {run_dir}  (device {device}, dataset {data_path})")
     dataset = OfflineDataset(data_path)
     render = eval_render_settings(cfg, data_path)

@@ -65,12 +65,16 @@ def run_dir_for(cfg: Config, data_path: Path) -> Path:
     return Path(cfg.logdir) / cfg.env / Path(data_path).name / f"{cfg.algo}-{cfg.obs}-{cfg.preset}-s{cfg.seed}"
 
 
-def save_config(cfg: Config, run_dir: Path) -> None:
+def save_config(cfg: Config, run_dir: Path, world_model_only: bool = False) -> None:
     """Resolved config saved with the run; a resumed run must have been started with the same one,
-    except for where it runs (`threads`, `device`), which may change between sessions."""
+    except for where it runs (`threads`, `device`), which may change between sessions, and, for
+    `world_model_only` in a folder without an agent checkpoint, the agent's settings, which nothing there
+    depends on (a sweep reuses one world model under any agent settings and presets' agent defaults)."""
     path = run_dir / "config.yaml"
     if path.exists():
         where = {"threads": cfg.threads, "device": cfg.device}
+        if world_model_only and not (run_dir / "agent.pt").exists():
+            where["agent"] = cfg.agent
         old = dataclasses.replace(from_dict(yaml.safe_load(path.read_text())), **where)
         if old != cfg:
             diff = [k for k, v in to_dict(cfg).items() if to_dict(old).get(k) != v]

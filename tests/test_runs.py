@@ -75,3 +75,20 @@ def test_deferred_finite_check_reports_the_term_and_the_steps():
         check.add({"q": torch.tensor(0.0), "actor": torch.tensor(2.0)}, 3)
         check.check(3)
     check.check(4)  # settled: nothing pending
+
+
+def test_world_model_folder_ignores_agent_settings_until_an_agent_is_saved(tmp_path):
+    from latent_combo.config import resolve
+    from latent_combo.runs import save_config
+
+    save_config(resolve("debug", "sawyer-door"), tmp_path, world_model_only=True)
+    other_agent = resolve("debug", "sawyer-door", {"agent.beta": 0.5})
+    save_config(other_agent, tmp_path, world_model_only=True)  # a sweep reusing the world model: fine
+    with pytest.raises(ValueError, match="differs in \\['agent'\\]"):
+        save_config(resolve("debug", "sawyer-door"), tmp_path)  # a full run resuming it: the agent counts
+    (tmp_path / "agent.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="differs in \\['agent'\\]"):
+        save_config(resolve("debug", "sawyer-door"), tmp_path, world_model_only=True)
+    with pytest.raises(ValueError, match="differs in \\['wm'\\]"):
+        save_config(resolve("debug", "sawyer-door", {"agent.beta": 0.5, "wm.steps": 9}), tmp_path,
+                    world_model_only=True)
