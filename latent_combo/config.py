@@ -237,6 +237,21 @@ def load_yaml(path: Path) -> dict:
     return data
 
 
+def merge_file(cfg: Config, path: Path, algo: str) -> Config:
+    """A config file's keys, then its section named after `algo`, if any (`cql: {agent: {beta: 0.1}}`):
+    each algorithm's key setting is chosen offline on its own, so CQL does not inherit COMBO's beta."""
+    data = load_yaml(path)
+    sections = {name: data.pop(name) for name in ALGOS if name in data}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise ValueError(f"{path}: section {name!r} must be a mapping of config keys (the settings of "
+                             f"--algo {name}), got {section!r}")
+    cfg = merge(cfg, data, str(path))
+    # Every section is merged, so that a typo in another algorithm's section fails this run too.
+    merged = {name: merge(cfg, section, f"{path} (section {name!r})") for name, section in sections.items()}
+    return merged.get(algo, cfg)
+
+
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -250,21 +265,22 @@ def parse_overrides(items: list[str]) -> dict:
 def resolve(preset: str = "cpu", env: str = "walker-walk", overrides: dict | None = None,
             config_dir: Path = CONFIG_DIR) -> Config:
     """defaults < configs/<robot>.yaml < configs/<env>.yaml < configs/<preset>.yaml < configs/<preset>-<obs>.yaml
-    < overrides. <robot> (the env name before its first '-') holds what a robot's tasks share, such as the reward
+    < overrides; within each file, its section for the run's algorithm (`merge_file`) comes after the rest. <robot> (the env name before its first '-') holds what a robot's tasks share, such as the reward
     scale that sets beta: sawyer-door and sawyer-door-close both reward 0 or 1 per step."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     overrides = dict(overrides or {})
     cfg = Config(env=env, preset=preset)
+    algo = overrides.get("algo", cfg.algo)
     robot = env.split("-")[0]
     for name in dict.fromkeys((robot, env, preset)):
         path = config_dir / f"{name}.yaml"
         if path.exists():
-            cfg = merge(cfg, load_yaml(path), str(path))
+            cfg = merge_file(cfg, path, algo)
     obs = overrides.get("obs", cfg.obs)
     path = config_dir / f"{preset}-{obs}.yaml"
     if path.exists():
-        cfg = merge(cfg, load_yaml(path), str(path))
+        cfg = merge_file(cfg, path, algo)
     cfg = merge(cfg, overrides)
     validate(cfg)
     return cfg

@@ -56,3 +56,22 @@ def test_robot_yaml_applies_to_each_of_its_tasks_before_the_task_yaml(tmp_path):
     assert (door.agent.beta, door.agent.tau) == (0.3, 0.01)
     assert (close.agent.beta, close.agent.tau) == (0.3, 0.05)
     assert walker.agent.beta == resolve("debug", "walker-walk", config_dir=tmp_path / "none").agent.beta != 0.3
+
+
+def test_algorithm_section_applies_to_that_algorithm_only_and_overrides_win(tmp_path):
+    (tmp_path / "sawyer.yaml").write_text("agent:\n  beta: 0.03\ncql:\n  agent:\n    beta: 0.1\n")
+    (tmp_path / "sawyer-door-close.yaml").write_text("agent:\n  beta: 0.5\n")
+    assert resolve("debug", "sawyer-door", {"algo": "combo"}, config_dir=tmp_path).agent.beta == 0.03
+    assert resolve("debug", "sawyer-door", {"algo": "cql"}, config_dir=tmp_path).agent.beta == 0.1
+    assert resolve("debug", "sawyer-door", {"algo": "cql", "agent.beta": 2}, config_dir=tmp_path).agent.beta == 2
+    # A later file's general key beats an earlier file's section: files keep their order.
+    assert resolve("debug", "sawyer-door-close", {"algo": "cql"}, config_dir=tmp_path).agent.beta == 0.5
+
+
+def test_algorithm_section_errors_name_the_file_and_section(tmp_path):
+    (tmp_path / "sawyer.yaml").write_text("cql: 0.1\n")
+    with pytest.raises(ValueError, match=r"sawyer.yaml: section 'cql' must be a mapping"):
+        resolve("debug", "sawyer-door", config_dir=tmp_path)
+    (tmp_path / "sawyer.yaml").write_text("cql:\n  agent:\n    betta: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown config key 'agent.betta' in .*sawyer.yaml \(section 'cql'\)"):
+        resolve("debug", "sawyer-door", {"algo": "combo"}, config_dir=tmp_path)
