@@ -265,8 +265,9 @@ def parse_overrides(items: list[str]) -> dict:
 def resolve(preset: str = "cpu", env: str = "walker-walk", overrides: dict | None = None,
             config_dir: Path = CONFIG_DIR) -> Config:
     """defaults < configs/<robot>.yaml < configs/<env>.yaml < configs/<preset>.yaml < configs/<preset>-<obs>.yaml
-    < overrides; within each file, its section for the run's algorithm (`merge_file`) comes after the rest. <robot> (the env name before its first '-') holds what a robot's tasks share, such as the reward
-    scale that sets beta: sawyer-door and sawyer-door-close both reward 0 or 1 per step."""
+    < overrides; within each file, its section for the run's algorithm (`merge_file`) comes after the rest.
+    <robot> (the env name before its first '-') holds what a robot's tasks share, such as the reward scale that
+    sets beta: sawyer-door and sawyer-door-close both reward 0 or 1 per step."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     overrides = dict(overrides or {})
