@@ -46,6 +46,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     real = TransitionBuffer.from_transitions(transitions, device)
     model_buf = TransitionBuffer(c.model_buffer, feat_dim, action_dim, device) if agent.uses_rollouts else None
     ckpt, start, history, metrics = load_checkpoint(run_dir / "agent.pt"), 0, [], {}
+    wall_before = 0.0  # seconds of this stage that earlier, interrupted invocations saved in agent.pt
     q_trace = []  # (step, Q on dataset pairs) at every log step: has Q levelled off? (q_data_rise)
     # The selection rule reads the regulariser averaged over the last tenth of training: one update's
     # value is too noisy to rank runs by.
@@ -58,6 +59,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
             model_buf.load_state_dict(ckpt["model_buffer"])
         set_rng_state(ckpt["rng"])
         start, history, q_trace = ckpt["step"], ckpt["history"], ckpt.get("q_trace", [])
+        wall_before = ckpt.get("wall_s", 0.0)
         metrics = ckpt.get("last_metrics", {})
         reg_tail.extend(torch.tensor(v, device=device) for v in ckpt.get("regulariser_tail", []))
         if start < c.steps:
@@ -70,6 +72,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         tail = torch.stack(list(reg_tail)).tolist() if reg_tail else []
         state = {"agent": agent.state_dict(), "step": step, "rng": rng_state(), "history": history,
                  "last_metrics": synced(metrics), "regulariser_tail": tail, "config": to_dict(cfg), "q_trace": q_trace,
+                 "wall_s": wall_before + time.time() - t0,
                  **{k: o.state_dict() for k, o in agent.optimisers().items()}}
         if model_buf is not None and c.save_model_buffer:
             state["model_buffer"] = model_buf.state_dict()
@@ -124,6 +127,7 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
         if step % c.checkpoint_every == 0 or step == stop:
             save(step)
     agent.history, agent.q_trace = history, q_trace
+    agent.wall_before = wall_before
     agent.last_metrics = metrics
     return agent
 

@@ -63,15 +63,21 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
             shutil.copy(src, run_dir / "wm.pt")
             if (src.parent / "probe.json").exists():  # the same model's figures: not probed again
                 shutil.copy(src.parent / "probe.json", run_dir / "probe.json")
-    train_world_model(cfg, wm, dataset, run_dir, writer, device)
+    # Seconds that earlier invocations of this run spent before being interrupted (saved in the checkpoints),
+    # so that wall_time_s is the run's, not this invocation's. A world model copied from another run is
+    # that run's time, not this one's.
+    wall_before = train_world_model(cfg, wm, dataset, run_dir, writer, device)
+    if world_model_from:
+        wall_before = 0.0
     probe = probe_world_model(cfg, wm, dataset, run_dir, writer, device)
     if world_model_only:
         writer.close()
-        return {"run_dir": str(run_dir), "probe": probe, "wall_time_s": time.time() - t0}
+        return {"run_dir": str(run_dir), "probe": probe, "wall_time_s": wall_before + time.time() - t0}
     transitions = real_transitions(cfg, wm, dataset, run_dir, device)
     dataset_stats = dataset.stats()
     del dataset  # images are no longer needed; the agent works on latents
     agent = train_agent(cfg, wm, transitions, run_dir, writer, device, on_log=on_log, render=render)
+    wall_before += agent.wall_before
     result, frames = evaluate(wm, agent.actor, cfg.env, cfg.final_eval_episodes, device, seed=1_000_000,
                               record=cfg.obs == "image", max_steps=cfg.eval_max_steps, render_settings=render)
     log_eval(writer, result, frames, cfg.agent.steps, final=True)
@@ -88,7 +94,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
                "final_q_mean": agent.last_metrics.get("q_mean"),
                "q_data_rise_last_fifth": relative_rise(agent.q_trace, cfg.agent.steps), "q_data_trace": agent.q_trace,
                "dataset_stats": dataset_stats, "probe": probe,
-               "history": agent.history, "wall_time_s": time.time() - t0, "device": str(device),
+               "history": agent.history, "wall_time_s": wall_before + time.time() - t0, "device": str(device),
                "run_dir": str(run_dir)}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     return results

@@ -33,19 +33,21 @@ def build_world_model(cfg: Config, dataset: OfflineDataset, device) -> WorldMode
 
 
 def train_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_dir: Path, writer, device,
-                      steps: int | None = None) -> None:
+                      steps: int | None = None) -> float:
     """ELBO updates on sampled windows, checkpointing every `checkpoint_every` steps; resumes from wm.pt.
-    `steps` stops early (tests of resume exactness)."""
+    `steps` stops early (tests of resume exactness). Returns the seconds earlier, interrupted invocations
+    spent on this stage (saved in wm.pt), so that a resumed run can report its whole wall time."""
     c = cfg.wm
     opt = torch.optim.Adam(wm.parameters(), c.lr, eps=1e-5)
     sampler = np.random.default_rng(cfg.seed)
     report_rng = np.random.default_rng(cfg.seed + 12345)  # its own stream: reports never shift training
     keys = ("image" if cfg.obs == "image" else "state", "action", "reward", "is_first")
-    ckpt, start = load_checkpoint(run_dir / "wm.pt"), 0
+    ckpt, start, wall_before = load_checkpoint(run_dir / "wm.pt"), 0, 0.0
     if ckpt is not None:
         wm.load_state_dict(ckpt["model"])
+        wall_before = ckpt.get("wall_s", 0.0)
         if ckpt["step"] >= c.steps:
-            return
+            return wall_before
         opt.load_state_dict(ckpt["opt"])
         set_rng_state(ckpt["rng"])
         sampler.bit_generator.state = ckpt["sampler"]
@@ -59,7 +61,7 @@ def train_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
     def save(step):
         save_checkpoint({"model": wm.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng_state(),
                      "sampler": sampler.bit_generator.state, "report_rng": report_rng.bit_generator.state,
-                     "config": to_dict(cfg)}, run_dir / "wm.pt")
+                     "config": to_dict(cfg), "wall_s": wall_before + time.time() - t0}, run_dir / "wm.pt")
 
     bar = tqdm(range(start + 1, stop + 1), desc="world model", initial=start, total=stop, mininterval=2)
     finite = FiniteCheck("world model", every_step=device.type == "cpu")
@@ -86,6 +88,7 @@ def train_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
             log_open_loop(wm, dataset, report_rng, writer, step, device)
         if step % c.checkpoint_every == 0 or step == stop:
             save(step)
+    return wall_before
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Tiny end-to-end runs of `latent-combo train` (debug preset) for every algo and env, and resume."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -176,18 +177,28 @@ def test_paper_preset_refuses_a_missing_dataset(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "data").exists()
 
 
-def test_agent_resumes_without_a_saved_model_buffer(env_datasets, world_models, tmp_path, capsys):
+def test_agent_resumes_without_a_saved_model_buffer_and_keeps_its_wall_time(env_datasets, world_models, tmp_path,
+                                                                             capsys):
+    # The source world model says it took a day: that is its own run's time, never this one's.
+    source = tmp_path / "source"
+    shutil.copytree(world_models["walker-walk"], source)
+    wm_ckpt = torch.load(source / "wm.pt", weights_only=True)
+    torch.save({**wm_ckpt, "wall_s": 86400.0}, source / "wm.pt")
     args = ["train", "--dataset", str(env_datasets["walker-walk"]), "--preset", "debug", "--logdir", str(tmp_path),
-            "--world-model", str(world_models["walker-walk"]), "agent.save_model_buffer=false"]
+            "--world-model", str(source), "agent.save_model_buffer=false"]
     assert cli(args) == 0
     run = tmp_path / "walker-walk" / env_datasets["walker-walk"].name / "combo-image-debug-s0"
+    first = json.loads((run / "results.json").read_text())["wall_time_s"]
     ckpt = torch.load(run / "agent.pt", weights_only=True)
     assert "model_buffer" not in ckpt
-    ckpt["step"] = 3  # as if killed after the first checkpoint
+    assert 0 < ckpt["wall_s"] <= first < 86400
+    ckpt["step"], ckpt["wall_s"] = 3, 1000.0  # as if killed after the first checkpoint, 1000 s in
     torch.save(ckpt, run / "agent.pt")
     capsys.readouterr()
     assert cli(args) == 0
     assert "refilling the model buffer" in capsys.readouterr().out
+    # A resumed run reports the time its interrupted invocation had saved, plus its own.
+    assert 1000 < json.loads((run / "results.json").read_text())["wall_time_s"] < 86400
 
 
 EXPECTED_TAGS = {
