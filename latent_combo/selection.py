@@ -49,7 +49,7 @@ def exclusions(q_data: float | None, q_rise: float | None, floor: float | None) 
     if q_data is not None and floor is not None and q_data < floor:
         out.append(f"Q on data {q_data:.3g} below the floor {floor:.3g}")
     if q_rise is not None and abs(q_rise) > Q_MOVING:
-        out.append(f"{MOVING} ({q_rise:+.0%} over the last fifth)")
+        out.append(f"{MOVING} ({q_rise:+.1%} over the last fifth)")
     return out
 
 

@@ -213,7 +213,7 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
     for t in table:
         reg = "-" if t["regulariser"] is None else f"{t['regulariser']:.3f}"
         q = "-" if t["q_data"] is None else f"{t['q_data']:.3g}"
-        rise = "-" if t["q_rise"] is None else f"{t['q_rise']:+.0%}"
+        rise = "-" if t["q_rise"] is None else f"{t['q_rise']:+.1%}"
         fmt = (lambda v: f"{v:.0%}") if success else (lambda v: f"{v:.1f}")
         print(f"{t['algo']:<7} {t['setting']:<24} {fmt(t['mean']):>8} ±{fmt(t['ci95']):<7} "
               f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {q:>7} {rise:>7} {t['wall_s']:>6.0f}s"

@@ -29,7 +29,7 @@ def test_final_q_averages_the_last_tenth_of_the_trace():
 
 def test_pick_passes_over_settings_below_the_floor_or_still_moving():
     assert selection.exclusions(-20.0, -0.3, 0.0) == ["Q on data -20 below the floor 0",
-                                                      "Q on data still moving (-30% over the last fifth)"]
+                                                      "Q on data still moving (-30.0% over the last fifth)"]
     assert selection.exclusions(5.0, 0.05, 0.0) == []
     assert selection.exclusions(None, None, None) == []  # older runs: the checks they cannot feed are left out
     table = [{"regulariser": -0.5, "excluded": ["Q on data -20 below the floor 0"]},
