@@ -75,7 +75,7 @@ def main(argv=None) -> int:
               "`--device cpu` runs the same measurements here, slowly)")
         return 0
     from latent_combo.agent import Agent
-    from latent_combo.config import parse_overrides, resolve
+    from latent_combo.config import model_buffer_capacity, parse_overrides, resolve
     from latent_combo.evaluate import run_episode
     from latent_combo.latent import TransitionBuffer, encode_dataset, rollout
     from latent_combo.utils import autocast, configure_device, pick_device
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     real = TransitionBuffer(20_000, feat, WALKER_ACTION, device)
     real.add({"state": torch.randn(20_000, feat), "action": torch.rand(20_000, WALKER_ACTION) * 2 - 1,
               "reward": torch.rand(20_000), "next_state": torch.randn(20_000, feat), "discount": torch.ones(20_000)})
-    model_buf = TransitionBuffer(ca.model_buffer, feat, WALKER_ACTION, device)
+    model_buf = TransitionBuffer(model_buffer_capacity(ca), feat, WALKER_ACTION, device)
     n_real = int(round(ca.batch * ca.real_ratio))
 
     def refresh():

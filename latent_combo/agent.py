@@ -26,8 +26,9 @@ class Agent(nn.Module):
     def __init__(self, cfg, algo: str, feat_dim: int, action_dim: int):
         super().__init__()
         self.cfg, self.algo = cfg, algo
-        self.actor = TanhGaussianActor(feat_dim, action_dim, cfg.hidden, cfg.layers)
-        self.critic = CriticEnsemble(feat_dim, action_dim, cfg.hidden, cfg.layers, k=2, trunk=cfg.critic_trunk)
+        self.actor = TanhGaussianActor(feat_dim, action_dim, cfg.hidden, cfg.layers, standardise=cfg.standardise)
+        self.critic = CriticEnsemble(feat_dim, action_dim, cfg.hidden, cfg.layers, k=2, trunk=cfg.critic_trunk,
+                                     standardise=cfg.standardise)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_alpha))))
         self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -float(action_dim)
@@ -38,6 +39,12 @@ class Agent(nn.Module):
         if self.tunes_beta:
             self.log_beta = nn.Parameter(torch.tensor(float(np.log(cfg.beta))))
             self.beta_opt = torch.optim.Adam([self.log_beta], cfg.beta_lr)
+
+    def fit_standardiser(self, states: torch.Tensor) -> None:
+        """agent.standardise: the actor's and critics' input statistics from the real transitions' states."""
+        if self.cfg.standardise:
+            for net in (self.actor, self.critic, self.target_critic):
+                net.standardise.fit(states)
 
     # log beta is kept within +-7 (beta in [1e-3, 1e3]): a long stretch of one-signed regulariser cannot run it off.
     LOG_BETA_BOUND = 7.0
@@ -90,12 +97,12 @@ class Agent(nn.Module):
         return metrics
 
     def update_actor(self, states: torch.Tensor, data_actions: torch.Tensor | None = None):
-        """Eq. 3 on states from the dataset (first, paired with `data_actions`) and rollouts, plus agent.bc_weight's
+        """Eq. 3 on states from the dataset (first, paired with `data_actions`) and rollouts, with agent.td3bc_alpha's
         constraint, then the entropy temperature."""
         # The critic's weight gradients from the actor loss would be thrown away: skip computing them.
         self.critic.requires_grad_(False)
         loss, metrics, logp = losses.actor_loss(self.actor, self.critic, self.log_alpha.exp().detach(), states,
-                                                self.cfg.bc_weight, data_actions)
+                                                self.cfg.td3bc_alpha, data_actions)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()

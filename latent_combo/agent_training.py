@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from latent_combo import report
 from latent_combo.agent import Agent
-from latent_combo.config import Config, to_dict
+from latent_combo.config import Config, model_buffer_capacity, to_dict
 from latent_combo.evaluate import evaluate
 from latent_combo.latent import TransitionBuffer, encode_dataset, rollout
 from latent_combo.runs import load_checkpoint, save_checkpoint
@@ -44,7 +44,9 @@ def train_agent(cfg: Config, wm, transitions: dict, run_dir: Path, writer, devic
     seed_everything(cfg.seed + 2)  # initial weights and the random stream depend on the seed alone
     agent = Agent(c, cfg.algo, feat_dim, action_dim).to(device)
     real = TransitionBuffer.from_transitions(transitions, device)
-    model_buf = TransitionBuffer(c.model_buffer, feat_dim, action_dim, device) if agent.uses_rollouts else None
+    agent.fit_standardiser(real.data["state"])
+    model_buf = (TransitionBuffer(model_buffer_capacity(c), feat_dim, action_dim, device) if agent.uses_rollouts
+                 else None)
     ckpt, start, history, metrics = load_checkpoint(run_dir / "agent.pt"), 0, [], {}
     wall_before = 0.0  # seconds of this stage that earlier, interrupted invocations saved in agent.pt
     q_trace = []  # (step, Q on dataset pairs) at every log step: has Q levelled off? (q_data_rise)
@@ -137,7 +139,7 @@ def refill_model_buffer(wm, actor, real, model_buf, c, algo: str, device, step: 
     rollouts of the resumed policy, on a forked RNG so that training's own random stream is the saved one.
     The resumed run then differs from an uninterrupted one, whose buffer also held older policies' rollouts."""
     lompo_lambda = c.lompo_lambda if algo == "lompo" else 0.0
-    refreshes = -(-c.model_buffer // (c.rollout_batch * c.rollout_length))
+    refreshes = -(-model_buf.capacity // (c.rollout_batch * c.rollout_length))
     print(f"agent: refilling the model buffer ({refreshes} rollout refreshes of the resumed policy)")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for _ in range(refreshes):

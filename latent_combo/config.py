@@ -8,6 +8,7 @@ Nested fields are addressed with dots: `wm.deter=128`, `agent.beta=0.5`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,15 @@ class WorldModelConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """Defaults follow the COMBO / CQL authors' code and OfflineRL-Kit's COMBO (run_example/run_combo.py) unless a
+    docstring says otherwise."""
+
     hidden: int = 256
     layers: int = 2
+    """Hidden layers of the actor and of each critic (the references use 3 x 256; 2 x 256 measured in the README)."""
+    standardise: bool = False
+    """Standardise the agent's inputs (latent features) by the real transitions' per-dimension mean and std, as TD3+BC
+    and d3rlpy standardise states. False feeds the latents raw (COMBO's and LOMPO's code)."""
     batch: int = 256
     critic_trunk: int = 0
     """0: the critic reads concat(latent, action). N: the latent first goes through Linear(N) + LayerNorm + tanh
@@ -97,10 +105,11 @@ class AgentConfig:
     """Actor-critic algorithms: for the first this many updates the actor minimises the BC loss (`bc_loss`) plus
     eq. 3's entropy term instead of eq. 3, while the critic trains as usual on the policy it will take over from
     (CQL's practical warm start, its code's `policy_eval_start`). 0: eq. 3 from the first update."""
-    bc_weight: float = 0.0
-    """Actor-critic algorithms: > 0 keeps a policy constraint in eq. 3 after any warm start, w * E|Q| * the squared
-    error of the deterministic action to the dataset's (TD3+BC with lambda = 1/w; its paper's 2.5 is w = 0.4).
-    0: eq. 3 as written."""
+    td3bc_alpha: float = 0.0
+    """Actor-critic algorithms: > 0 keeps TD3+BC's policy constraint in eq. 3 after any warm start, with TD3+BC's alpha:
+    lambda = alpha / E|Q| on the Q term, the squared error to the dataset's actions averaged over the action's
+    dimensions, each dataset row weighing the same in both terms (losses.actor_loss). TD3+BC's published alpha is 2.5;
+    smaller pulls harder. 0: eq. 3 as written (COMBO's and the CQL authors' code)."""
     penalty_form: str = "logsumexp"
     """'logsumexp' (CQL(H) soft maximum over sampled actions) or 'policy' (eq. 2 as written)."""
     penalty_actions: int = 10
@@ -113,20 +122,23 @@ class AgentConfig:
     """COMBO only: also push Q down at dataset states (rho augmented with them, the paper's practical
     choice in Section 3); False pushes down at model-rollout states only, as eq. 2 is written."""
     rollout_length: int = 5
-    """h: model-rollout horizon."""
-    rollout_batch: int = 5_000
-    """Start states per rollout refresh."""
+    """h: model-rollout horizon (the COMBO paper's 5 for its image tasks, as LOMPO's)."""
+    rollout_batch: int = 12_500
+    """Start states per rollout refresh: rollout_batch / rollout_every starts per update. OfflineRL-Kit's COMBO adds
+    50k starts every 1000 updates (50 per update); 12.5k every 250 is the same proportion, refreshed 4x as often."""
     rollout_every: int = 250
     """Agent updates between rollout refreshes."""
-    model_buffer: int = 250_000
-    """Capacity of the FIFO model-rollout buffer (transitions)."""
+    model_retain: int = 5_000
+    """Updates a rollout stays in the FIFO model buffer: its capacity is rollout_batch x rollout_length x
+    ceil(model_retain / rollout_every) transitions. OfflineRL-Kit's COMBO keeps 5 refreshes of 1000 updates."""
     lompo_lambda: float = 5.0
     """LOMPO's reward penalty weight on ensemble disagreement."""
     init_alpha: float = 0.1
-    entropy_backup: bool = True
+    """Initial entropy temperature (the references start at 1; 0.1 measured in the README)."""
+    entropy_backup: bool = False
     """True: SAC's soft Bellman target r + gamma (min Q' - alpha log pi(a'|s')). False: the target without the
-    entropy term (CQL's and COMBO's practical `deterministic_backup`); the actor keeps its entropy bonus. With
-    `bc_weight` pulling the policy onto the data's saturated actions, log pi grows (tanh's Jacobian), alpha rises
+    entropy term (CQL's and COMBO's practical `deterministic_backup`, OfflineRL-Kit's COMBO default); the actor keeps
+    its entropy bonus. With `td3bc_alpha` pulling the policy onto the data's saturated actions, log pi grows (tanh's Jacobian), alpha rises
     to hold the entropy target, and the soft target falls below the reward: CQL's Q on data went to -12 by 12.5k
     updates on walker (reward ~1 per step)."""
     target_entropy: float | None = None
@@ -136,7 +148,7 @@ class AgentConfig:
     checkpoint_every: int = 5_000
     save_model_buffer: bool = True
     """Keep the model-rollout buffer in agent.pt: resume is then exact (on CPU) but each checkpoint rewrites
-    it (650 MB at the paper's 250k transitions). False: it is refilled by rollouts of the resumed policy."""
+    it (1.6 GB at 1.25M transitions of 160-d latents). False: it is refilled by rollouts of the resumed policy."""
     log_every: int = 250
 
 
@@ -179,6 +191,13 @@ def to_dict(cfg) -> dict:
 
 _NESTED = {"wm": WorldModelConfig, "agent": AgentConfig}
 
+# Keys that changed meaning: an old config (or a habit) that sets one fails with what to write instead.
+RENAMED = {
+    "agent.bc_weight": "use agent.td3bc_alpha, TD3+BC's own alpha (the old w = 0.4 on walker, f = 0.5, is alpha "
+                       "0.5 / (6 x 0.4) = 0.21; see losses.actor_loss)",
+    "agent.model_buffer": "use agent.model_retain, how many updates a rollout stays in the buffer",
+}
+
 
 def valid_keys() -> list[str]:
     top = [f.name for f in dataclasses.fields(Config) if f.name not in _NESTED]
@@ -214,8 +233,12 @@ def merge(cfg: Config, updates: dict, source: str = "overrides") -> Config:
     valid = valid_keys()
     top, nested = {}, {name: {} for name in _NESTED}
     for k, v in flat.items():
+        if k in RENAMED:
+            raise ValueError(f"config key {k!r} in {source} was replaced: {RENAMED[k]}")
         if k not in valid:
-            raise ValueError(f"unknown config key {k!r} in {source}; valid keys: {', '.join(valid)}")
+            close = difflib.get_close_matches(k, valid, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            raise ValueError(f"unknown config key {k!r} in {source}; {hint}valid keys: {', '.join(valid)}")
         if "." in k:
             group, name = k.split(".", 1)
             nested[group][name] = _cast(v, getattr(getattr(cfg, group), name), k)
@@ -311,10 +334,17 @@ def validate(cfg: Config) -> None:
         # COMBO pushes Q down on the batch's rollout rows and up on its real rows: it needs both.
         raise ValueError(f"config key 'agent.real_ratio': {cfg.agent.real_ratio}; COMBO needs 0 < f < 1 "
                          "(f = 1 without rollouts is --algo cql)")
-    per_refresh = cfg.agent.rollout_batch * cfg.agent.rollout_length
-    if per_refresh > cfg.agent.model_buffer:
-        raise ValueError(f"config: one rollout refresh makes agent.rollout_batch x agent.rollout_length = "
-                         f"{per_refresh} transitions, more than agent.model_buffer = {cfg.agent.model_buffer}")
+    if cfg.agent.model_retain < cfg.agent.rollout_every:
+        raise ValueError(f"config key 'agent.model_retain': {cfg.agent.model_retain} updates is less than one rollout "
+                         f"refresh (agent.rollout_every = {cfg.agent.rollout_every}); expected at least that")
+    if cfg.agent.td3bc_alpha < 0:
+        raise ValueError(f"config key 'agent.td3bc_alpha': {cfg.agent.td3bc_alpha}; expected >= 0 (0 = off)")
+
+
+def model_buffer_capacity(agent_cfg) -> int:
+    """Transitions the model buffer holds: agent.model_retain updates' worth of rollout refreshes."""
+    refreshes = -(-agent_cfg.model_retain // agent_cfg.rollout_every)
+    return agent_cfg.rollout_batch * agent_cfg.rollout_length * refreshes
 
 
 def from_dict(d: dict) -> Config:

@@ -17,8 +17,11 @@ from latent_combo.nets import gaussian_tanh_log_prob
 
 
 def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float, entropy_backup: bool = True):
-    """1/2 E_{d_f}[(Q(s,a) - (r + gamma * disc * (min_k Q'(s',a') - alpha log pi(a'|s'))))^2], without the
-    alpha log pi term when not `entropy_backup`. Returns (loss, metrics, Q(s,a) of shape (K, N)).
+    """E_{d_f}[(Q(s,a) - (r + gamma * disc * (min_k Q'(s',a') - alpha log pi(a'|s'))))^2] summed over the critics,
+    without the alpha log pi term when not `entropy_backup`. Returns (loss, metrics, Q(s,a) of shape (K, N)).
+
+    The full squared error, as the CQL and COMBO authors' code and OfflineRL-Kit compute it (eq. 2 prints 1/2): the
+    penalty weight beta then sits on their scale, so the paper's grid {0.5, 1, 5} means here what it means there.
 
     `batch` holds state, action, reward, discount, next_state, already mixed from real and model
     data with the fraction f by the caller (eq. 2's d_f).
@@ -30,7 +33,7 @@ def bellman_loss(critic, target_critic, actor, alpha, batch: dict, gamma: float,
             next_q = next_q - alpha * next_logp
         target = batch["reward"] + gamma * batch["discount"] * next_q
     q = critic(batch["state"], batch["action"])  # (K, N)
-    loss = 0.5 * ((q - target) ** 2).mean(1).sum()
+    loss = ((q - target) ** 2).mean(1).sum()
     metrics = {"q_mean": q.detach().mean(), "td_target": target.mean(), "bellman": loss.detach()}
     return loss, metrics, q
 
@@ -107,23 +110,29 @@ def _sampled_soft_max(critic, actor, states, a_dim: int, num_actions: int):
     return pushed_down, q_rho.mean(1)
 
 
-def actor_loss(actor, critic, alpha, states, bc_weight: float = 0.0, data_actions=None):
+def actor_loss(actor, critic, alpha, states, td3bc_alpha: float = 0.0, data_actions=None):
     """Eq. 3 with entropy regularisation: maximise E_s[min_k Q(s, a~pi) - alpha log pi(a|s)].
 
-    `bc_weight` w > 0 adds w * E|Q| * (squared error of tanh(mu) to `data_actions`, which pair with the first
-    rows of `states`): TD3+BC's policy constraint with its lambda = 1/w. Scaling by E|Q| (not backpropagated)
-    keeps the constraint's pull relative to the critic's the same whatever the reward scale or how far Q has
-    risen, so one w serves walker's dense and sawyer's sparse reward.
+    `td3bc_alpha` > 0 adds TD3+BC's policy constraint (Fujimoto & Gu 2021) with its alpha:
+    lambda * E[alpha log pi - Q] + E[squared error of tanh(mu) to `data_actions`], lambda = td3bc_alpha / E|Q|
+    (not backpropagated), the error averaged over the action's dimensions. `data_actions` pair with the first rows of
+    `states`; the error is summed over those rows and divided by all rows, so that each dataset row weighs in both
+    terms as in TD3+BC (rows from model rollouts have no action to imitate and add the Q term only). On dataset rows
+    alone and without entropy this is TD3+BC's actor loss; its paper's alpha is 2.5. Normalising by E|Q| keeps the
+    pull the same whatever the reward scale or how far Q has risen.
     """
     mu, log_std = actor.dist(states)
     action, logp = actor.draw(mu, log_std)
     q = critic(states, action).min(0).values
     loss = (alpha * logp - q).mean()
     metrics = {"actor": loss.detach(), "entropy": -logp.detach().mean(), "q_policy": q.detach().mean()}
-    if bc_weight > 0:
-        bc = action_error(mu[:len(data_actions)], data_actions)
-        loss = loss + bc_weight * q.detach().abs().mean() * bc
-        metrics["bc_mse"] = bc.detach()
+    if td3bc_alpha > 0:
+        n_data = len(data_actions)
+        squared = (torch.tanh(mu[:n_data]) - data_actions).pow(2).mean(-1)  # (n_data,)
+        lam = td3bc_alpha / q.detach().abs().mean().clamp_min(1e-6)
+        loss = lam * loss + squared.sum() / len(states)
+        metrics["bc_mse"] = squared.detach().mean() * data_actions.shape[-1]  # summed over dims, as BC's
+        metrics["td3bc_lambda"] = lam
     return loss, metrics, logp
 
 

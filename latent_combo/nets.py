@@ -32,6 +32,24 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class Standardise(nn.Module):
+    """(x - mean) / std with the statistics kept as buffers (saved with the weights): identity until `fit`."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, eps: float = 1e-3) -> None:
+        """The per-dimension mean and std of `x` (N, dim); `eps` keeps a constant dimension finite (TD3+BC's)."""
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0) + eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class CriticEnsemble(nn.Module):
     """Twin (or K) Q-networks evaluated in one batched pass.
 
@@ -41,8 +59,9 @@ class CriticEnsemble(nn.Module):
     """
 
     def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, layers: int = 2, k: int = 2,
-                 trunk: int = 0):
+                 trunk: int = 0, standardise: bool = False):
         super().__init__()
+        self.standardise = Standardise(state_dim) if standardise else nn.Identity()
         # `trunk` > 0: the state first goes through Linear + LayerNorm + tanh to `trunk` features, shared by the
         # K critics (DrQ-v2's critic trunk), so that a wide latent (160-320 dims) does not drown the action's
         # few dimensions in the first layer's input.
@@ -53,6 +72,7 @@ class CriticEnsemble(nn.Module):
         self.layers = nn.ModuleList(EnsembleLinear(k, i, o) for i, o in zip(dims[:-1], dims[1:]))
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        state = self.standardise(state)
         if self.trunk is not None:
             state = self.trunk(state)
         first = self.layers[0]
@@ -79,13 +99,16 @@ class TanhGaussianActor(nn.Module):
 
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, layers: int = 2):
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, layers: int = 2, standardise: bool = False):
         super().__init__()
+        # Optional input standardisation (TD3+BC and d3rlpy standardise states); Identity keeps checkpoints
+        # saved without it (the shipped behaviour policies) loadable.
+        self.standardise = Standardise(state_dim) if standardise else nn.Identity()
         self.net = mlp(state_dim, hidden, 2 * action_dim, layers, act=nn.ReLU)
         self.action_dim = action_dim
 
     def dist(self, state: torch.Tensor):
-        mu, log_std = self.net(state).chunk(2, -1)
+        mu, log_std = self.net(self.standardise(state)).chunk(2, -1)
         # Soft clamp keeps gradients alive at the bounds (unlike torch.clamp).
         log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1)
         return mu, log_std

@@ -55,6 +55,20 @@ def test_entropy_backup_is_the_only_difference_of_the_two_targets():
     assert abs(float(targets[True] - targets[False])) > 1e-3
 
 
+def test_bellman_loss_is_the_full_squared_error_summed_over_critics():
+    """The authors' scale (CQL / COMBO code, OfflineRL-Kit): sum_k mean (Q_k - y)^2, no 1/2, so beta compares with
+    the paper's grid."""
+    ag = Agent(agent_cfg(), "combo", F, A)
+    b = batch(32)
+    torch.manual_seed(2)
+    loss, metrics, q = losses.bellman_loss(ag.critic, ag.target_critic, ag.actor, 0.0, b, 0.99, False)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        a2, _ = ag.actor.sample(b["next_state"])
+        y = b["reward"] + 0.99 * b["discount"] * ag.target_critic(b["next_state"], a2).min(0).values
+    assert float(loss) == pytest.approx(float(((q - y) ** 2).mean(1).sum()), rel=1e-6)
+
+
 @pytest.mark.parametrize("form", ["mse", "nll"])
 def test_bc_fits_actions_clipped_at_the_bound(form):
     # Behaviour actions clipped at +-1 (a scripted expert plus noise): the squared error recovers them; the
@@ -241,34 +255,86 @@ def test_target_gap_tunes_beta_by_dual_ascent():
     assert not Agent(agent_cfg(target_gap=0.0), "lmbpo", F, A).tunes_beta
 
 
-def test_bc_weight_keeps_the_actor_on_the_data_actions():
-    """agent.bc_weight: eq. 3 plus w * E|Q| * the BC squared error on the dataset rows (the first ones); with it the
-    actor stays near the behaviour's actions while maximising Q, without it it does not."""
+class _DeterministicActor(torch.nn.Module):
+    """TD3+BC's deterministic policy inside TanhGaussianActor's interface: draw() returns tanh(mu), log pi = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(F, A)
+
+    def dist(self, s):
+        return self.net(s), None
+
+    @staticmethod
+    def draw(mu, log_std):
+        return torch.tanh(mu), torch.zeros(mu.shape[0])
+
+
+def test_td3bc_alpha_reproduces_td3bc_actor_loss():
+    """On dataset rows alone, without entropy, agent.td3bc_alpha's loss is TD3+BC's (sfujim/TD3_BC):
+    -lambda Q(s, pi(s)).mean() + mse(pi(s), a), lambda = alpha / |Q|.mean() detached, to 1e-6."""
+    torch.manual_seed(0)
+    actor, critic = _DeterministicActor(), Agent(agent_cfg(), "combo", F, 1).critic
+    critic = type(critic)(F, A, 16, 2, k=1)  # TD3+BC's actor reads one critic
+    real = batch(64)
+    loss, metrics, _ = losses.actor_loss(actor, critic, 0.0, real["state"], 2.5, real["action"])
+    pi = torch.tanh(actor.net(real["state"]))
+    q = critic(real["state"], pi)[0]
+    lmbda = 2.5 / q.abs().mean().detach()
+    td3bc = -lmbda * q.mean() + torch.nn.functional.mse_loss(pi, real["action"])
+    assert abs(float(loss - td3bc)) < 1e-6
+    assert float(metrics["td3bc_lambda"]) == pytest.approx(float(lmbda), rel=1e-6)
+    # Its gradient too: the constraint is normalised, not just the value.
+    g = torch.autograd.grad(loss, actor.net.weight)[0]
+    g_ref = torch.autograd.grad(td3bc, actor.net.weight)[0]
+    assert torch.allclose(g, g_ref, atol=1e-6)
+
+
+def test_td3bc_rows_weigh_the_same_in_both_terms():
+    """With model rows after the dataset rows, each dataset row's squared error is divided by all rows, as its Q term:
+    doubling the batch with model rows halves the constraint's weight per dataset row relative to a dataset-only
+    batch, and never counts the error per action dimension more than once."""
+    torch.manual_seed(0)
+    actor, critic = _DeterministicActor(), type(Agent(agent_cfg(), "combo", F, A).critic)(F, A, 16, 2, k=1)
+    real, model = batch(32), batch(32, 1)
+    states = torch.cat([real["state"], model["state"]])
+    loss, _, _ = losses.actor_loss(actor, critic, 0.0, states, 1.0, real["action"])
+    pi = torch.tanh(actor.net(states))
+    q = critic(states, pi)[0]
+    expected = -q.mean() / q.abs().mean().detach() + (pi[:32] - real["action"]).pow(2).mean(-1).sum() / 64
+    assert abs(float(loss - expected)) < 1e-6
+
+
+def test_td3bc_alpha_keeps_the_actor_on_the_data_actions():
+    """With the constraint the actor stays near the behaviour's actions while maximising Q; without it it does not."""
     real, model = batch(64), batch(64, 1)
     real["action"] = torch.tanh(real["state"][:, :A])
-    states = torch.cat([real["state"], model["state"]])
-    torch.manual_seed(0)
-    ag = Agent(agent_cfg(), "combo", F, A)
-    torch.manual_seed(1)
-    loss, metrics, _ = losses.actor_loss(ag.actor, ag.critic, 0.1, states, 2.0, real["action"])
-    torch.manual_seed(1)
-    plain, _, _ = losses.actor_loss(ag.actor, ag.critic, 0.1, states)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        q_abs = ag.critic(states, ag.actor.sample(states)[0]).min(0).values.abs().mean()
-    bc, _ = losses.bc_loss(ag.actor, real["state"], real["action"])
-    assert torch.allclose(loss, plain + 2.0 * q_abs * bc) and metrics["bc_mse"] == bc
     errors = {}
-    for w in (0.0, 2.0):
+    for alpha in (0.0, 0.1):
         torch.manual_seed(0)
-        ag = Agent(agent_cfg(actor_lr=1e-3, bc_weight=w), "combo", F, A)
+        ag = Agent(agent_cfg(actor_lr=1e-3, td3bc_alpha=alpha), "combo", F, A)
         for _ in range(300):
             metrics = ag.update(real, model)
         with torch.no_grad():
             a_pi, _ = ag.actor.sample(real["state"], deterministic=True)
-        errors[w] = (a_pi - real["action"]).pow(2).sum(-1).mean().item()
-        assert ("bc_mse" in metrics) == (w > 0)
-    assert errors[2.0] < 0.5 * errors[0.0], errors
+        errors[alpha] = (a_pi - real["action"]).pow(2).sum(-1).mean().item()
+        assert ("bc_mse" in metrics) == (alpha > 0)
+    assert errors[0.1] < 0.5 * errors[0.0], errors
+
+
+def test_standardise_fits_the_inputs_and_travels_with_the_weights():
+    torch.manual_seed(0)
+    ag = Agent(agent_cfg(standardise=True), "combo", F, A)
+    states = torch.randn(500, F) * 5 + 3
+    ag.fit_standardiser(states)
+    z = ag.actor.standardise(states)
+    assert torch.allclose(z.mean(0), torch.zeros(F), atol=1e-5) and torch.allclose(z.std(0), torch.ones(F), atol=1e-3)
+    assert torch.equal(ag.target_critic.standardise.mean, ag.critic.standardise.mean)
+    again = Agent(agent_cfg(standardise=True), "combo", F, A)
+    again.load_state_dict(ag.state_dict())
+    assert torch.equal(again.actor.standardise.std, ag.actor.standardise.std)
+    plain = Agent(agent_cfg(), "combo", F, A)
+    assert not any("standardise" in k for k in plain.state_dict())  # old checkpoints still load
 
 
 def test_sampled_penalty_gradient_is_the_exact_one_in_expectation(monkeypatch):

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from latent_combo.config import Config, from_dict, parse_overrides, resolve, to_dict
+from latent_combo.config import Config, from_dict, model_buffer_capacity, parse_overrides, resolve, to_dict
 
 
 def test_presets_resolve_and_override():
@@ -35,8 +35,26 @@ def test_bad_values_named():
         resolve("cpu", overrides={"wm.steps": 2.5})
     with pytest.raises(ValueError, match="COMBO needs 0 < f < 1"):
         resolve("cpu", overrides={"agent.real_ratio": 1.0})
-    with pytest.raises(ValueError, match="more than agent.model_buffer"):
+    with pytest.raises(ValueError, match="'agent.model_retain'.*less than one rollout refresh"):
+        resolve("cpu", overrides={"agent.model_retain": 10})
+    with pytest.raises(ValueError, match="'agent.td3bc_alpha'.*expected >= 0"):
+        resolve("cpu", overrides={"agent.td3bc_alpha": -1})
+
+
+def test_renamed_and_misspelt_keys_say_what_to_write():
+    with pytest.raises(ValueError, match="'agent.bc_weight'.*replaced: use agent.td3bc_alpha"):
+        resolve("cpu", overrides={"agent.bc_weight": 0.4})
+    with pytest.raises(ValueError, match="'agent.model_buffer'.*agent.model_retain"):
         resolve("cpu", overrides={"agent.model_buffer": 10})
+    with pytest.raises(ValueError, match=r"unknown config key 'agent.betta'.*did you mean 'agent.beta'"):
+        resolve("cpu", overrides={"agent.betta": 1})
+
+
+def test_model_buffer_holds_model_retain_updates_of_rollouts():
+    c = resolve("cpu").agent
+    assert model_buffer_capacity(c) == c.rollout_batch * c.rollout_length * -(-c.model_retain // c.rollout_every)
+    # OfflineRL-Kit COMBO's proportions: 50 starts per update, each rollout kept 5000 updates.
+    assert c.rollout_batch / c.rollout_every == 50 and c.model_retain == 5000
     with pytest.raises(ValueError, match="expected key=value"):
         parse_overrides(["beta"])
 

@@ -159,13 +159,13 @@ def test_paper_preset_smoke_on_cpu(tmp_path):
 
     data = random_policy_dataset("walker-walk", tmp_path / "walker", episodes=2, steps=60)
     args = ["train", "--dataset", str(data), "--preset", "paper", "--device", "cpu", "--logdir", str(tmp_path),
-            "wm.steps=2", "wm.batch=2", "agent.steps=2", "agent.model_buffer=25000", "final_eval_episodes=1",
+            "wm.steps=2", "wm.batch=2", "agent.steps=2", "agent.rollout_batch=5000", "final_eval_episodes=1",
             "eval_max_steps=5"]
     assert cli(args) == 0
     run = tmp_path / "walker-walk" / "walker" / "combo-image-paper-s0"
     results = json.loads((run / "results.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["wm"]["deter"] == 256 and cfg["wm"]["length"] == 50 and cfg["agent"]["rollout_batch"] == 5000
+    assert cfg["wm"]["deter"] == 256 and cfg["wm"]["length"] == 50 and cfg["agent"]["rollout_length"] == 5
     assert results["probe"]["state_r2"] is not None and results["eval_episodes"] == 1
     assert "model_buffer" not in torch.load(run / "agent.pt", weights_only=True)  # paper: not rewritten
 
