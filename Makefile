@@ -32,8 +32,10 @@ system-deps:
 
 $(VENV_STAMP): pyproject.toml
 	@test -x .venv/bin/python || python3 -m venv .venv
-	.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,sweep,interop]' 2>&1 | grep -v "^WARNING: Location" || true
-	@.venv/bin/python -c "import torch, dm_control, metaworld, latent_combo" && touch $(VENV_STAMP)
+	.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,sweep,interop,reference]' 2>&1 | grep -v "^WARNING: Location" || true
+	@# d3rlpy's wheel pins gymnasium 1.0.0, Meta-World needs >= 1.1: d3rlpy without its deps (the `reference` extra has them).
+	.venv/bin/pip install -q --disable-pip-version-check --no-deps d3rlpy==2.8.1 2>&1 | grep -v "^WARNING: Location" || true
+	@.venv/bin/python -c "import torch, dm_control, metaworld, d3rlpy, latent_combo" && touch $(VENV_STAMP)
 
 test: setup
 	$(PY) -m pytest -q -x

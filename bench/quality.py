@@ -1,15 +1,17 @@
 """Does it learn? The quality benchmark: `latent-combo sweep` (Ray Tune) with the benchmark's defaults.
 
     python bench/quality.py --env walker-walk --dataset medium-replay --obs state --preset cpu \
-        --algos combo lmbpo bc --seeds 0 1 2 [--workers 1] [--sweep agent.beta=0.5,1,5] [key=value ...]
+        --algos combo lmbpo bc --seeds 0 1 2 [--workers 1] [--sweep agent.beta=0.5,1,5] \
+        [--reference td3bc iql bc cql] [key=value ...]
 
 A thin caller of latent_combo.sweep: one world model per seed, every algorithm's agent trained on a copy
 of it, one table of final scores (mean ± 95% interval over seeds), the first algorithm read against every
 other row and the dataset's Batch Mean (intervals apart or overlapping), the world model's probe per seed, and
 with `--sweep KEY=V1,V2` (the sweep's --grid; repeat for more keys) each setting of the algorithms it
 concerns, with the paper's offline pick (lowest final regulariser, averaged over seeds) marked.
-`--workers N` runs N trials at once (the cores shared among them). Finished runs are read, not retrained,
-so an interrupted benchmark resumes. Writes sweep.json and sweep.csv into the logdir.
+`--workers N` runs N trials at once (the cores shared among them). With `--obs state`, `--reference ALGO ...` adds
+rows trained by d3rlpy on the dataset's raw states at the same updates, seeds and evaluation episodes. Finished runs
+are read, not retrained, so an interrupted benchmark resumes. Writes sweep.json and sweep.csv into the logdir.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -30,6 +33,9 @@ def parse(argv=None) -> argparse.Namespace:
     add_arguments(p)
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="the sweep's --grid")
     p.add_argument("--workers", type=int, default=1, help="trials at once (cores shared among them)")
+    p.add_argument("--reference", nargs="+", default=[], metavar="ALGO",
+                   help="d3rlpy reference rows on the dataset's raw states (td3bc cql iql bc), --obs state only: the "
+                        "same seeds, updates and evaluation episodes as the agents (bench/d3rlpy_reference.py)")
     p.set_defaults(obs="state", logdir="runs/quality")
     a = p.parse_args(argv)
     a.grid = a.grid + a.sweep
@@ -42,8 +48,33 @@ def main(argv=None) -> dict:
     from latent_combo.sweep import prepare, run_sweep
 
     a = parse(argv)
+    if a.reference and a.obs != "state":
+        raise SystemExit("--reference: the d3rlpy rows read the dataset's raw states; use it with --obs state")
     prepare(a, ensure_dataset)
-    return run_sweep(a)
+    out = run_sweep(a)
+    if a.reference:
+        out["reference"] = reference_rows(a)
+    return out
+
+
+def reference_rows(a) -> list[dict]:
+    """bench/d3rlpy_reference.py's rows for this benchmark's dataset, seeds, updates and evaluation episodes."""
+    import json
+
+    import d3rlpy_reference as ref
+    from latent_combo.config import parse_overrides, resolve
+
+    bad = [name for name in a.reference if name not in ref.ALGOS]
+    if bad:
+        raise SystemExit(f"--reference {' '.join(bad)}: expected some of {', '.join(ref.ALGOS)}")
+    cfg = resolve(a.preset, a.env, {**parse_overrides(a.overrides), "obs": a.obs})
+    results = ref.run_all(a.reference, a.seeds, a.data_path, a.env, cfg.agent.steps, cfg.final_eval_episodes,
+                          str(Path(a.logdir) / "d3rlpy"), a.workers)
+    rows = ref.table(results)
+    ref.print_table(rows)
+    sweep = Path(a.logdir) / "sweep.json"
+    sweep.write_text(json.dumps({**json.loads(sweep.read_text()), "reference": rows}, indent=1, default=str))
+    return rows
 
 
 if __name__ == "__main__":
