@@ -62,6 +62,7 @@ def reference_rows(a) -> list[dict]:
     import json
 
     import d3rlpy_reference as ref
+
     from latent_combo.config import parse_overrides, resolve
 
     bad = [name for name in a.reference if name not in ref.ALGOS]

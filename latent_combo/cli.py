@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from latent_combo.config import ALGOS, PRESETS, parse_overrides, resolve  # noqa: E402
+from latent_combo.config import ALGOS, PRESETS, Config, parse_overrides, resolve  # noqa: E402
 from latent_combo.envs import COLLECT_ENV_IDS, ENV_IDS, RENDER_SETTINGS  # noqa: E402
 from latent_combo.runs import FLAVOURS, dataset_dir, load_checkpoint, load_config  # noqa: E402
 from latent_combo.utils import atomic_write_text, flatten, pick_device  # noqa: E402
@@ -112,11 +112,17 @@ def cmd_export(a) -> int:
 
 
 def cmd_train(a) -> int:
+    from latent_combo.data import dataset_env
+
     overrides = parse_overrides(a.overrides)
     for key in ("dataset", "algo", "seed", "logdir", "obs", "device"):
         if getattr(a, key) is not None:
             overrides[key] = getattr(a, key)
-    cfg = resolve(a.preset, a.env, overrides)
+    # A dataset folder's manifest names its env, the default for --env (an explicit one that differs is refused
+    # by pipeline.run); a flavour, or a folder without a manifest (V-D4RL's), leaves walker-walk.
+    dataset = str(overrides.get("dataset", Config.dataset))
+    env = a.env or (None if dataset in FLAVOURS else dataset_env(dataset)) or Config.env
+    cfg = resolve(a.preset, env, overrides)
     from data_collection.collect import ensure_dataset
     from latent_combo.pipeline import results_table, run
 
@@ -153,6 +159,7 @@ def cmd_probe(a) -> int:
     from latent_combo.world_model_training import load_trained_world_model, probe_world_model
 
     run_dir = Path(a.run_dir)
+    check_dataset_env(run_dir, a.dataset)
     cfg, wm, dataset, device, _, results = load_trained_world_model(run_dir, a.dataset, a.device)
     if a.fresh:
         (run_dir / "probe.json").unlink(missing_ok=True)
@@ -168,10 +175,22 @@ def cmd_probe(a) -> int:
     return 0
 
 
+def check_dataset_env(run_dir: Path, dataset: str | None) -> None:
+    """`--dataset` of probe / analyse: episodes of another env than the run's would be read under its names."""
+    from latent_combo.data import METADATA, DatasetError, dataset_env
+
+    env, found = load_config(run_dir).env, dataset and dataset_env(dataset)
+    if found and found != env:
+        raise DatasetError(f"--dataset {dataset}: its {METADATA} says \"env\": \"{found}\", but the run "
+                           f"({run_dir / 'config.yaml'}) is {env}'s; pass a {env} dataset, or no --dataset "
+                           "(the run's own)")
+
+
 def cmd_analyse(a) -> int:
     """Uncertainty estimates against the true model error along rollouts (latent_combo.analyse)."""
     from latent_combo.analyse import analyse_run, format_analysis
 
+    check_dataset_env(Path(a.run_dir), a.dataset)
     figures = analyse_run(a.run_dir, a.horizon, a.dataset, a.device)
     print(format_analysis(figures))
     print(f"{Path(a.run_dir) / 'uncertainty_vs_error.png'}, {Path(a.run_dir) / 'analysis.json'}")
@@ -269,9 +288,29 @@ def cmd_select(a) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help, unless it has none here (None: the config decides, and the help
+    says what) or the help already says it; epilogs (examples) kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+TRAIN_EXAMPLES = """examples:
+  # COMBO from pixels on walker-walk's medium data (a 20-episode one is built if data/walker-walk/medium is missing)
+  latent-combo train --env walker-walk --dataset medium --algo combo --preset cpu
+  # a dataset folder (its env comes from its metadata.json) with config overrides key=value
+  latent-combo train --dataset data/walker-walk/medium-replay agent.beta=1 agent.steps=20000
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latent-combo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    add = sub.add_parser
+    sub.add_parser = lambda *args, **kw: add(*args, formatter_class=HelpFormatter, **kw)  # defaults in every --help
 
     s = sub.add_parser("collect", help="build an offline pixel dataset (data/ENV/FLAVOUR)")
     s.add_argument("--env", required=True, choices=COLLECT_ENV_IDS)
@@ -311,15 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--env", choices=ENV_IDS, help="the env (default: metadata.json's)")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("train", help="world model, then COMBO (or a baseline), then evaluation")
-    s.add_argument("--env", default="walker-walk", choices=ENV_IDS)
-    s.add_argument("--dataset", help="flavour (medium, medium-replay, medium-expert, expert) or a folder")
-    s.add_argument("--algo", choices=ALGOS)
-    s.add_argument("--preset", default="cpu", choices=PRESETS)
-    s.add_argument("--obs", choices=("image", "state"))
-    s.add_argument("--seed", type=int)
-    s.add_argument("--logdir")
-    s.add_argument("--device", help="auto (default), cpu, cuda")
+    s = sub.add_parser("train", help="world model, then COMBO (or a baseline), then evaluation",
+                       epilog=TRAIN_EXAMPLES)
+    s.add_argument("--env", choices=ENV_IDS, help=f"default: the dataset folder's (its metadata.json \"env\"), "
+                                                  f"else {Config.env}")
+    s.add_argument("--dataset", help=f"flavour ({', '.join(FLAVOURS)}), data/ENV/FLAVOUR, or a folder "
+                                     f"(default: {Config.dataset})")
+    s.add_argument("--algo", choices=ALGOS, help=f"default: {Config.algo}")
+    s.add_argument("--preset", default="cpu", choices=PRESETS, help="configs/PRESET.yaml")
+    s.add_argument("--obs", choices=("image", "state"), help=f"default: {Config.obs}")
+    s.add_argument("--seed", type=int, help=f"default: {Config.seed}")
+    s.add_argument("--logdir", help=f"run folders go to LOGDIR/ENV/DATASET/ (default: {Config.logdir})")
+    s.add_argument("--device", help=f"auto (CUDA when present), cpu, cuda (default: {Config.device})")
     s.add_argument("--world-model", help="reuse the trained world model of this run folder")
     s.add_argument("--fresh", action="store_true", help="delete this run's folder and start over")
     s.add_argument("--world-model-only", action="store_true",

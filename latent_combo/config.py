@@ -138,9 +138,9 @@ class AgentConfig:
     entropy_backup: bool = False
     """True: SAC's soft Bellman target r + gamma (min Q' - alpha log pi(a'|s')). False: the target without the
     entropy term (CQL's and COMBO's practical `deterministic_backup`, OfflineRL-Kit's COMBO default); the actor keeps
-    its entropy bonus. With `td3bc_alpha` pulling the policy onto the data's saturated actions, log pi grows (tanh's Jacobian), alpha rises
-    to hold the entropy target, and the soft target falls below the reward: CQL's Q on data went to -12 by 12.5k
-    updates on walker (reward ~1 per step)."""
+    its entropy bonus. With `td3bc_alpha` pulling the policy onto the data's saturated actions, log pi grows (tanh's
+    Jacobian), alpha rises to hold the entropy target, and the soft target falls below the reward: CQL's Q on data
+    went to -12 by 12.5k updates on walker (reward ~1 per step)."""
     target_entropy: float | None = None
     """None: minus the action dimension."""
     eval_every: int = 10_000

@@ -33,6 +33,19 @@ OPTIONAL_KEYS = ("state",)  # V-D4RL episodes carry no proprioceptive state
 METADATA = "metadata.json"
 
 
+def episode_format() -> str:
+    """What a valid episode file holds, spelled out from EPISODE_SPEC for error messages."""
+    def rows(key, shape):
+        if shape is None:  # the width varies by env
+            return f"(T+1, {key}_dim)"
+        return f"(T+1, {', '.join(map(str, shape))})" if shape else "(T+1,)"
+
+    arrays = [f"{k} {np.dtype(dtype)} {rows(k, shape)}" + (" (optional)" if k in OPTIONAL_KEYS else "")
+              for k, (dtype, shape) in EPISODE_SPEC.items()]
+    return ("a valid episode is a .npz (numpy.savez_compressed) of T+1 rows, row 0 the reset: "
+            + ", ".join(arrays))
+
+
 class DatasetError(ValueError):
     """A dataset file is missing, corrupt, truncated or of the wrong shape; the message names it."""
 
@@ -53,7 +66,7 @@ def check_episode(ep: dict, name: str, image_size: int | None = 64) -> int:
     """Validate keys, dtypes and shapes; returns T+1. Raises DatasetError naming `name`."""
     missing = [k for k in EPISODE_SPEC if k not in ep and k not in OPTIONAL_KEYS]
     if missing:
-        raise DatasetError(f"{name}: missing keys {missing}; expected {sorted(EPISODE_SPEC)}")
+        raise DatasetError(f"{name}: missing keys {missing}; {episode_format()}")
     n = len(ep["reward"])
     if n < 2:
         raise DatasetError(f"{name}: episode has {n} rows; expected at least 2 (reset + one step)")
@@ -112,12 +125,27 @@ def load_episode(path: str | Path, image_size: int | None = 64, aligned: list | 
     """Read and validate one episode; any damage becomes a DatasetError naming the file. Flag arrays one
     row longer than the data (V-D4RL) are aligned (`align_flags`), and the path appended to `aligned`."""
     path = Path(path)
+    # np.load takes anything that is not a zip (a text file renamed .npz) for a pickle and suggests
+    # allow_pickle: never the fix for an episode, so such a file is refused here, before numpy sees it.
+    if path.is_file() and not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(16)
+        raise DatasetError(f"{path}: not an episode file: not a .npz (zip) archive ({path.stat().st_size} bytes, "
+                           f"starting {head!r}; empty, truncated or another kind of file); {episode_format()}")
     try:
         with np.load(path, allow_pickle=False) as f:
-            ep = {k: f[k] for k in f.files}
+            ep = {}
+            for k in f.files:
+                try:
+                    ep[k] = f[k]
+                except ValueError as e:  # object arrays: pickled Python objects, never loaded
+                    raise DatasetError(f"{path}: '{k}' holds Python objects (pickled data), which are never "
+                                       f"loaded; {episode_format()}") from e
+    except DatasetError:
+        raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
         raise DatasetError(f"{path}: unreadable episode file ({type(e).__name__}: {e}); "
-                           "expected a compressed .npz written by save_episode") from e
+                           f"{episode_format()}") from e
     if align_flags(ep) and aligned is not None:
         aligned.append(path)
     check_episode(ep, str(path), image_size)
@@ -147,6 +175,12 @@ def read_metadata(directory: str | Path) -> dict | None:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise DatasetError(f"{p}: not valid JSON ({e})") from e
+
+
+def dataset_env(directory: str | Path) -> str | None:
+    """The env the folder's episodes come from, as its manifest records it; None without one (V-D4RL's)."""
+    meta = read_metadata(directory)
+    return meta.get("env") if meta else None
 
 
 def render_settings(directory: str | Path) -> str:
@@ -246,7 +280,8 @@ class OfflineDataset:
         self.metadata = read_metadata(self.directory)
         files = episode_files(self.directory)
         if not files:
-            raise DatasetError(f"{self.directory}: no episode .npz files")
+            raise DatasetError(f"{self.directory}: no episode .npz files; a dataset folder holds one per episode "
+                               "(`latent-combo collect` builds one; V-D4RL's folders are read as they are)")
         if check and self.metadata is not None:
             problems = verify(self.directory)
             if problems:

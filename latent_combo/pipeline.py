@@ -17,7 +17,7 @@ import yaml
 from latent_combo import report
 from latent_combo.agent_training import log_eval, real_transitions, relative_rise, train_agent
 from latent_combo.config import to_dict
-from latent_combo.data import OfflineDataset, render_settings
+from latent_combo.data import METADATA, DatasetError, OfflineDataset, dataset_env, render_settings
 from latent_combo.envs import SUCCESS_ENVS, check_rendering
 from latent_combo.evaluate import evaluate
 from latent_combo.runs import DatasetBuilder, dataset_dir, run_dir_for, save_config
@@ -40,14 +40,20 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data_path = dataset_dir(cfg, build_dataset)
+    # The dataset is read and checked before anything is written (or, with --fresh, deleted): a bad or
+    # mismatched dataset must not leave a run folder behind.
+    found = dataset_env(data_path)
+    if found is not None and found != cfg.env:  # another env's actions and states, read under this env's names
+        raise DatasetError(f"--env {cfg.env}, but {data_path / METADATA} says \"env\": \"{found}\"; pass "
+                           f"--env {found} (train's default is the dataset's env) or a {cfg.env} dataset")
+    dataset = OfflineDataset(data_path)
+    render = eval_render_settings(cfg, data_path)
     run_dir = run_dir_for(cfg, data_path)
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir, world_model_only)
     print(f"run folder {run_dir}  (device {device}, dataset {data_path})")
-    dataset = OfflineDataset(data_path)
-    render = eval_render_settings(cfg, data_path)
     writer = SummaryWriter(str(run_dir))
     if not (run_dir / "wm.pt").exists():
         writer.add_text("hyperparameters", "\n".join(f"    {line}" for line in

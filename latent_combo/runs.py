@@ -83,10 +83,29 @@ def save_config(cfg: Config, run_dir: Path, world_model_only: bool = False) -> N
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def find_run_dirs(root: Path) -> list[Path]:
+    """The run folders at or below `root`: a run folder is one holding config.yaml (see save_config)."""
+    return sorted(p.parent for p in Path(root).rglob("config.yaml"))
+
+
 def load_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
+    """The run folder's saved config. Given a folder above runs (`runs/`, `runs/walker-walk/`), the error
+    lists the run folders below it, the likely meant ones."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not a run folder (no config.yaml)")
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"{run_dir}: no such folder; expected a run folder (one holding config.yaml, "
+                                    "e.g. runs/ENV/DATASET/ALGO-OBS-PRESET-sSEED)")
+        below = find_run_dirs(run_dir)
+        if not below:
+            raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml), nor any below it; "
+                                    "`latent-combo train` makes one (runs/ENV/DATASET/ALGO-OBS-PRESET-sSEED)")
+        shown = 20  # a long sweep's folders would bury the point
+        more = f"\n  ... and {len(below) - shown} more" if len(below) > shown else ""
+        found = "the run folder" if len(below) == 1 else f"the {len(below)} run folders"
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml); {found} below it:\n  "
+                                + "\n  ".join(map(str, below[:shown])) + more + "\npass one of them")
     return from_dict(yaml.safe_load(path.read_text()))
 
 
