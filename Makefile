@@ -80,8 +80,11 @@ collect-sawyer: setup
 	  --workers $(WORKERS)
 	.venv/bin/latent-combo info data/sawyer-door-close/medium-expert
 
+# TensorBoard serves this machine only: `make tensorboard TB_HOST=0.0.0.0` exposes it to the network (every
+# interface; anyone who can reach the port reads the runs).
+TB_HOST ?= localhost
 tensorboard: setup
-	.venv/bin/tensorboard --logdir runs --bind_all
+	.venv/bin/tensorboard --logdir runs --host $(TB_HOST)
 
 bench: setup
 	$(PY) bench/world_model.py

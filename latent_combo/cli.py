@@ -6,6 +6,7 @@ The entry layer: the only place in latent_combo that imports data_collection (th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -293,13 +294,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     says what) or the help already says it; epilogs (examples) kept as written."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+        if action.default in (None, [], argparse.SUPPRESS) or action.default is False or "default" in action.help:
             return action.help
         return super()._get_help_string(action)
 
 
 TRAIN_EXAMPLES = """examples:
-  # COMBO from pixels on walker-walk's medium data (a 20-episode one is built if data/walker-walk/medium is missing)
+  # COMBO from pixels on walker-walk's medium data (a small set is built if data/ has none)
   latent-combo train --env walker-walk --dataset medium --algo combo --preset cpu
   # a dataset folder (its env comes from its metadata.json) with config overrides key=value
   latent-combo train --dataset data/walker-walk/medium-replay agent.beta=1 agent.steps=20000
@@ -308,9 +309,9 @@ TRAIN_EXAMPLES = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latent-combo", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    add = sub.add_parser
-    sub.add_parser = lambda *args, **kw: add(*args, formatter_class=HelpFormatter, **kw)  # defaults in every --help
+    # Every subcommand's --help shows its defaults.
+    sub = p.add_subparsers(dest="command", required=True,
+                           parser_class=functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter))
 
     s = sub.add_parser("collect", help="build an offline pixel dataset (data/ENV/FLAVOUR)")
     s.add_argument("--env", required=True, choices=COLLECT_ENV_IDS)
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=TRAIN_EXAMPLES)
     s.add_argument("--env", choices=ENV_IDS, help=f"default: the dataset folder's (its metadata.json \"env\"), "
                                                   f"else {Config.env}")
-    s.add_argument("--dataset", help=f"flavour ({', '.join(FLAVOURS)}), data/ENV/FLAVOUR, or a folder "
+    s.add_argument("--dataset", help=f"a flavour under data/ENV/ ({', '.join(FLAVOURS)}) or a dataset folder "
                                      f"(default: {Config.dataset})")
     s.add_argument("--algo", choices=ALGOS, help=f"default: {Config.algo}")
     s.add_argument("--preset", default="cpu", choices=PRESETS, help="configs/PRESET.yaml")
