@@ -6,7 +6,7 @@ DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglib2.0-0
 
 ENV ?= walker-walk
 # Sawyer's image results in the paper are on medium-expert and expert. Walker's default is medium: 20 medium
-# episodes are enough to learn to walk from in minutes; 20 of the replay's are not (README, "Measured").
+# episodes are enough to learn to walk from in minutes; 20 of the replay's are not (docs/benchmarks.md).
 DATASET ?= $(if $(filter sawyer%,$(ENV)),medium-expert,medium)
 ALGO ?= combo
 PRESET ?= cpu

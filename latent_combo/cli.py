@@ -1,4 +1,5 @@
-"""`latent-combo` command line: collect, train, sweep, probe, analyse, eval, select, info, verify, manifest, export.
+"""`latent-combo` command line: collect, train, sweep, probe, analyse, eval, estimate, select, rank, info, verify,
+manifest, export.
 
 The entry layer: the only place in latent_combo that imports data_collection (the dataset builders).
 """
@@ -19,12 +20,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 from latent_combo.config import ALGOS, PRESETS, Config, parse_overrides, resolve  # noqa: E402
 from latent_combo.envs import COLLECT_ENV_IDS, ENV_IDS, RENDER_SETTINGS  # noqa: E402
+from latent_combo.ranking import RULES, cmd_rank, cmd_select  # noqa: E402
 from latent_combo.runs import FLAVOURS, dataset_dir, load_checkpoint, load_config  # noqa: E402
-from latent_combo.utils import atomic_write_text, flatten, pick_device  # noqa: E402
+from latent_combo.utils import atomic_write_text, pick_device  # noqa: E402
 
 
 def cmd_info(a) -> int:
@@ -231,61 +232,11 @@ def cmd_eval(a) -> int:
     return 0
 
 
-# Keys that may differ between runs compared by `select`: the swept hyperparameters, the seed, and
-# where and how the run was executed.
-SELECT_FREE = {("agent", "beta"), ("agent", "real_ratio"), ("seed",), ("logdir",), ("threads",), ("device",)}
+def cmd_estimate(a) -> int:
+    from latent_combo.estimate import HORIZON, STARTS, estimate_run, format_estimate
 
-
-def cmd_select(a) -> int:
-    """The paper's offline rule: among runs differing only in beta / f, the setting with the lowest final
-    regulariser (averaged over its seeds), leaving out settings whose Q on data is below the floor or still
-    moving (selection.py). Reads the regulariser and Q on data, never an evaluation return."""
-    from latent_combo import selection
-
-    runs, reference = [], None
     for d in a.run_dirs:
-        path, cfg_path = Path(d) / "results.json", Path(d) / "config.yaml"
-        if not path.exists() or not cfg_path.exists():
-            raise FileNotFoundError(f"{path if not path.exists() else cfg_path}: missing (run not finished)")
-        results = json.loads(path.read_text())
-        if results.get("final_regulariser") is None:
-            raise ValueError(f"{path}: no final_regulariser (this algo has no conservative regulariser)")
-        cfg = flatten(yaml.safe_load(cfg_path.read_text()))
-        fixed = {k: v for k, v in cfg.items() if k not in SELECT_FREE}
-        if reference is None:
-            reference = (d, fixed)
-        elif fixed != reference[1]:
-            keys = sorted(".".join(k) for k in set(fixed) | set(reference[1]) if fixed.get(k) != reference[1].get(k))
-            raise ValueError(f"{d} and {reference[0]} differ in {keys}: select compares runs that differ "
-                             "only in agent.beta, agent.real_ratio and the seed")
-        floor = selection.q_floor(results.get("dataset_stats", {}).get("reward_min"), cfg[("agent", "gamma")])
-        runs.append({"beta": cfg[("agent", "beta")], "f": cfg[("agent", "real_ratio")], "seed": cfg[("seed",)],
-                     "regulariser": results["final_regulariser"], "dir": d, "floor": floor,
-                     "q_data": selection.final_q(results.get("q_data_trace")),
-                     "q_rise": results.get("q_data_rise_last_fifth")})
-    print(f"{'beta':>6} {'f':>5} {'seed':>4} {'regulariser':>12} {'Q data':>8}  run")
-    for r in sorted(runs, key=lambda r: (r["beta"], r["f"], r["seed"])):
-        q = "-" if r["q_data"] is None else f"{r['q_data']:.3g}"
-        print(f"{r['beta']:>6g} {r['f']:>5g} {r['seed']:>4} {r['regulariser']:>12.4f} {q:>8}  {r['dir']}")
-    settings = {}
-    for r in runs:
-        settings.setdefault((r["beta"], r["f"]), []).append(r)
-    table = []
-    for (beta, f), rs in settings.items():
-        mean = {k: selection.mean_of([r[k] for r in rs]) for k in ("regulariser", "q_data", "q_rise")}
-        table.append({"beta": beta, "f": f, "runs": len(rs), "regulariser": mean["regulariser"],
-                      "excluded": selection.exclusions(mean["q_data"], mean["q_rise"], rs[0]["floor"])})
-    table.sort(key=lambda t: t["regulariser"])
-    print(f"\n{'beta':>6} {'f':>5} {'runs':>4} {'mean':>12}")
-    for t in table:
-        print(f"{t['beta']:>6g} {t['f']:>5g} {t['runs']:>4} {t['regulariser']:>12.4f}"
-              + (f"  (not pickable: {'; '.join(t['excluded'])})" if t["excluded"] else ""))
-    i, fallback = selection.pick(table)
-    if i is None:
-        print("\npick: none (every setting's Q on data is below the floor)")
-        return 1
-    print(f"\npick: agent.beta={table[i]['beta']:g} agent.real_ratio={table[i]['f']:g}"
-          + ("  (fallback: no setting levelled off; the lowest regulariser above the floor)" if fallback else ""))
+        print(f"{d}\n{format_estimate(estimate_run(d, a.horizon or HORIZON, a.starts or STARTS, a.device))}")
     return 0
 
 
@@ -402,9 +353,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("select", help="offline hyperparameter pick: the lowest final regulariser")
-    s.add_argument("run_dirs", nargs="+")
+    s = sub.add_parser("select", help="offline hyperparameter pick among finished runs, never by a return")
+    s.add_argument("run_dirs", nargs="+", help="run folders (or folders above them, for --by model-return)")
+    s.add_argument("--by", default="regulariser", choices=tuple(RULES),
+                   help="regulariser: the paper's lowest final regulariser, among runs differing only in beta, f "
+                        "and the seed; model-return: the highest return the run's world model predicts for its "
+                        "policy (latent-combo estimate); -pessimistic: the heads' mean less their spread")
     s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("estimate", help="the policy's return predicted by its own world model (model-based "
+                                        "off-policy evaluation); written to RUN_DIR/estimate.json")
+    s.add_argument("run_dirs", nargs="+")
+    s.add_argument("--horizon", type=int, help="rollout steps from each start state (default: 100, the discount's "
+                                               "effective horizon 1 / (1 - gamma))")
+    s.add_argument("--starts", type=int, help="dataset states the rollouts start from (default: 512)")
+    s.add_argument("--device")
+    s.set_defaults(func=cmd_estimate)
+
+    s = sub.add_parser("rank", help="how well each offline rule ranks finished runs: Spearman against the "
+                                    "evaluated scores and the regret of its pick (tuning seeds only)")
+    s.add_argument("run_dirs", nargs="+", help="run folders or folders above them (e.g. a sweep's logdir)")
+    s.add_argument("--json", help="also write the table and figures to this file")
+    s.set_defaults(func=cmd_rank)
     return p
 
 

@@ -72,7 +72,7 @@ class AgentConfig:
 
     hidden: int = 256
     layers: int = 2
-    """Hidden layers of the actor and of each critic (the references use 3 x 256; 2 x 256 measured in the README)."""
+    """Hidden layers of the actor and of each critic (the references use 3 x 256; docs/results.md compares them)."""
     standardise: bool = False
     """Standardise the agent's inputs (latent features) by the real transitions' per-dimension mean and std, as TD3+BC
     and d3rlpy standardise states. False feeds the latents raw (COMBO's and LOMPO's code)."""
@@ -134,7 +134,7 @@ class AgentConfig:
     lompo_lambda: float = 5.0
     """LOMPO's reward penalty weight on ensemble disagreement."""
     init_alpha: float = 0.1
-    """Initial entropy temperature (the references start at 1; 0.1 measured in the README)."""
+    """Initial entropy temperature (the references start at 1; docs/results.md compares them)."""
     entropy_backup: bool = False
     """True: SAC's soft Bellman target r + gamma (min Q' - alpha log pi(a'|s')). False: the target without the
     entropy term (CQL's and COMBO's practical `deterministic_backup`, OfflineRL-Kit's COMBO default); the actor keeps

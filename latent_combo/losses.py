@@ -149,7 +149,7 @@ def bc_loss(actor, states, actions, form: str = "mse"):
     its mean drifts. On sawyer-door expert pixel latents it fit the first step's all-ones action as (-0.88,
     0.70, 0.33) and opened the door 0 of 20 times; the squared error fits (0.98, 0.99, 1.00), 20 of 20. On
     walker medium-replay state latents the squared error also predicts held-out actions better (MSE 1.25 vs
-    1.49), though its policy scores lower there (README, "Baselines")."""
+    1.49), though its policy scores lower there (docs/algorithm.md, "Baselines by one switch")."""
     if form == "nll":
         loss = -actor.log_prob(states, actions).mean()
         return loss, {"bc_nll": loss.detach()}

@@ -19,6 +19,7 @@ from latent_combo.agent_training import log_eval, real_transitions, relative_ris
 from latent_combo.config import to_dict
 from latent_combo.data import METADATA, DatasetError, OfflineDataset, dataset_env, render_settings
 from latent_combo.envs import SUCCESS_ENVS, check_rendering
+from latent_combo.estimate import estimate
 from latent_combo.evaluate import evaluate
 from latent_combo.runs import DatasetBuilder, dataset_dir, run_dir_for, save_config
 from latent_combo.utils import atomic_write_text, configure_device, pick_device, seed_everything
@@ -81,12 +82,19 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
         return {"run_dir": str(run_dir), "probe": probe, "wall_time_s": wall_before + time.time() - t0}
     transitions = real_transitions(cfg, wm, dataset, run_dir, device)
     dataset_stats = dataset.stats()
+    # What the return estimate needs of the dataset: episode lengths and, where stored, the true states.
+    lengths = dataset.lengths
+    states = [dataset.episode(i)["state"] for i in range(len(dataset))] if "state" in dataset.arrays else None
     del dataset  # images are no longer needed; the agent works on latents
     agent = train_agent(cfg, wm, transitions, run_dir, writer, device, on_log=on_log, render=render)
     wall_before += agent.wall_before
     result, frames = evaluate(wm, agent.actor, cfg.env, cfg.final_eval_episodes, device, seed=1_000_000,
                               record=cfg.obs == "image", max_steps=cfg.eval_max_steps, render_settings=render)
     log_eval(writer, result, frames, cfg.agent.steps, final=True)
+    # The policy's return as its own world model predicts it: an offline figure to select settings by.
+    model_estimate = estimate(wm, agent.actor, transitions, lengths, cfg.env, cfg.agent.gamma, device, states=states)
+    report.log_scalars(writer, {f"estimate/{k}": model_estimate[k] for k in ESTIMATE_TAGS if k in model_estimate},
+                       cfg.agent.steps)
     log_run_hparams(writer, cfg, data_path, result, agent.last_metrics.get("regulariser_tail_mean"), probe)
     if frames:
         import imageio.v2 as imageio
@@ -99,11 +107,16 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
                "final_regulariser": agent.last_metrics.get("regulariser_tail_mean"),
                "final_q_mean": agent.last_metrics.get("q_mean"),
                "q_data_rise_last_fifth": relative_rise(agent.q_trace, cfg.agent.steps), "q_data_trace": agent.q_trace,
-               "dataset_stats": dataset_stats, "probe": probe,
+               "dataset_stats": dataset_stats, "probe": probe, **model_estimate,
                "history": agent.history, "wall_time_s": wall_before + time.time() - t0, "device": str(device),
                "run_dir": str(run_dir)}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     return results
+
+
+# The estimate's figures worth a TensorBoard card (results.json keeps them all).
+ESTIMATE_TAGS = ("model_return", "model_return_ci95", "model_return_min_head", "model_return_pessimistic",
+                 "model_return_probe_read", "model_success")
 
 
 def eval_render_settings(cfg, data_path) -> str:

@@ -25,7 +25,17 @@ DESCRIPTIONS = {
     "wm/open_loop_mse_h{h}": "per-pixel (or per-dimension) squared error of prior predictions h steps after "
                              "5 filtered steps, with the real actions",
     "agent/critic_loss": "critic objective of eq. 2: Bellman error + beta x conservative penalty",
-    "agent/bellman": "1/2 Bellman error on the batch (fraction f real, 1 - f model rollouts), summed over critics",
+    "agent/bellman": "squared Bellman error on the batch (fraction f real, 1 - f model rollouts), summed over critics "
+                     "(the authors' scale: no 1/2)",
+    "agent/td3bc_lambda": "TD3+BC's lambda = agent.td3bc_alpha / E|Q| on the actor's Q term (constraint on)",
+    "estimate/model_return": "the policy's return predicted by its world model (mean over prior heads, in the score's "
+                             "units; latent-combo estimate): an offline figure, never a simulator return",
+    "estimate/model_return_ci95": "half-width of the 95% interval of model_return over the start states",
+    "estimate/model_return_min_head": "model return of the prior head that predicts the least",
+    "estimate/model_return_pessimistic": "model return's mean over heads minus their spread",
+    "estimate/model_return_probe_read": "the same rollouts read by the state probe and scored by the task's reward "
+                                        "(walker-walk): apart from model_return where the model drifts",
+    "estimate/model_success": "share of model rollouts whose predicted reward passes 0.5 at some step (sawyer)",
     "agent/penalty": "conservative penalty before beta: soft-max of Q on pushed-down states minus Q on data",
     "agent/regulariser": "E_rho[Q] - E_D[Q] in the plain form of eq. 2: the offline selection rule reads it",
     "agent/regulariser_tail_mean": "the regulariser averaged over the last tenth of training (the rule's value)",

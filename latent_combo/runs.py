@@ -42,7 +42,7 @@ def dataset_dir(cfg: Config, build: DatasetBuilder | None = None) -> Path:
             return full
         if cfg.env not in COLLECT_ENV_IDS:
             raise FileNotFoundError(f"no dataset at {full}: {cfg.env} has no behaviour policies or datasets of "
-                                    "our own; pass a V-D4RL folder with --dataset PATH (README, 'V-D4RL data')")
+                                    "our own; pass a V-D4RL folder with --dataset PATH (docs/datasets.md, 'V-D4RL')")
         small = Path("data") / cfg.env / f"{cfg.dataset}-{cfg.default_episodes}ep"
         if not (small / "metadata.json").exists():
             collect = "make collect-sawyer" if cfg.env.startswith("sawyer") else "make collect-walker"

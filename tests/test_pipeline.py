@@ -40,6 +40,10 @@ def test_each_algo_and_env_writes_results(env, algo, env_datasets, world_models,
     assert 0 <= results[key] <= 100
     assert (results["final_regulariser"] is not None) == (algo in ("combo", "cql"))
     assert (len(results["q_data_trace"]) > 0) == (algo != "bc")  # Q on the data at every log step
+    # The world model's own estimate of the policy's return, for every algorithm (BC's actor too).
+    assert np.isfinite(results["model_return"]) and len(results["model_return_heads"]) == 3
+    assert ("model_success" in results) == (env == "sawyer-door")
+    assert ("model_return_probe_read" in results) == (env == "walker-walk")  # its reward is known from the state
     # Success is a notion of sparse-success envs only, in results.json as in the manifest.
     assert ("success_rate" in results["dataset_stats"]) == (env == "sawyer-door")
     assert (run / "config.yaml").exists() and (run / "agent.pt").exists() and list(run.glob("events.*"))
@@ -111,6 +115,15 @@ def test_select_picks_lowest_regulariser_without_returns(tmp_path, capsys):
     capsys.readouterr()
     assert cli(["select", *dirs, run("d", -5.0, 0.0, 2.0, **{"agent.rollout_length": 1})]) != 0
     assert "differ in ['agent.rollout_length']" in capsys.readouterr().err
+
+
+def test_estimate_command_rewrites_the_runs_figure(world_models, capsys):
+    run = world_models["walker-walk"]
+    saved = json.loads((run / "results.json").read_text())
+    assert cli(["estimate", str(run)]) == 0
+    assert "model return" in capsys.readouterr().out
+    again = json.loads((run / "estimate.json").read_text())
+    assert again["model_return"] == pytest.approx(saved["model_return"], rel=1e-5)  # fixed starts, fixed seed
 
 
 def test_eval_command_needs_only_the_run_folder(world_models, capsys):
@@ -224,7 +237,7 @@ def test_tensorboard_tag_scheme_hparams_and_labelled_grids(world_models):
     scalars = {t for t in acc.Tags()["tensors"] if acc.SummaryMetadata(t).plugin_data.plugin_name == "scalars"}
     assert EXPECTED_TAGS <= scalars, EXPECTED_TAGS - scalars
     tags = scalars | set(acc.Tags()["images"])
-    assert {t.split("/")[0] for t in tags} <= {"wm", "agent", "rollout", "eval", "probe", "speed"}
+    assert {t.split("/")[0] for t in tags} <= {"wm", "agent", "rollout", "eval", "probe", "speed", "estimate"}
     assert not [t for t in tags if t.split("/")[1].startswith(t.split("/")[0])]  # e.g. eval/eval_...
     assert all(describe(t) for t in scalars), [t for t in scalars if not describe(t)]
     # The description travels with the tag's first event.

@@ -1,0 +1,193 @@
+"""The policy's return estimated in its own world model: model-based off-policy evaluation, for offline selection.
+
+From a fixed sample of dataset states (every candidate trained on one dataset sees the same ones: episode starts and
+uniformly drawn steps, chosen by a fixed seed), the deterministic policy, as evaluated, is rolled out through each
+prior head of the RSSM in turn for `horizon` steps; the reward head scores every step. A head's estimate for a start
+is the discounted sum, as the agent's objective discounts it, turned into the score's units: the discount-weighted
+mean reward per step times the episode's steps, / 10 (dm_control's normalised score), so an estimate reads like the
+score it predicts. Reported: the mean over heads (`model_return`, with a 95% interval over the start states), and two
+pessimistic figures, the lowest head's (`model_return_min_head`) and the mean less the heads' spread
+(`model_return_pessimistic`). Sawyer's rewards are 0 or 1 per step: its estimate is also read as a success rate
+(the share of rollouts whose predicted reward passes 0.5 at some step).
+
+Horizon: 100 steps by default, the objective's own effective horizon 1 / (1 - gamma) at gamma 0.99: rewards beyond
+it weigh under e^-1 in the discounted sum, while the model's error keeps compounding with every step.
+
+On walker-walk, whose reward is a known function of the state the datasets store, the same rollouts are also read by
+a ridge probe (latent -> state, fitted on the run's own encoded dataset) and scored by dm_control's own task at that
+state (`model_return_probe_read`): where it parts from the reward head's figure, the model's states or its reward head
+have drifted from what the simulator would do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latent_combo.evaluate import ci95
+
+HORIZON = 100
+STARTS = 512
+SUCCESS_REWARD = 0.5  # sawyer: a step rewarded above this is a success step (rewards are 0 or 1)
+
+
+def start_indices(lengths: np.ndarray, n: int = STARTS, seed: int = 0) -> np.ndarray:
+    """Flat transition indices into the encoded dataset (T_i - 1 transitions per episode, in episode order): half the
+    sample episode starts (every episode's first step, evenly spread if there are more), half other steps, uniformly."""
+    counts = np.asarray(lengths) - 1
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rng = np.random.default_rng(seed)
+    firsts = offsets[np.linspace(0, len(offsets) - 1, min(len(offsets), n // 2)).round().astype(int)]
+    rest = np.setdiff1d(np.arange(int(counts.sum())), firsts)
+    return np.concatenate([firsts, rng.choice(rest, min(len(rest), n - len(firsts)), replace=False)])
+
+
+@torch.no_grad()
+def head_rollouts(wm, actor, starts: torch.Tensor, horizon: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every start rolled out through every prior head with the deterministic policy: features (K, N, H, F) and
+    predicted rewards (K, N, H). The prior's z is sampled, as in training's rollouts, from a fixed seed."""
+    rssm, k, n = wm.rssm, wm.rssm.ensemble, starts.shape[0]
+    policy = lambda feat: actor.sample(feat, deterministic=True)[0]
+    heads = torch.arange(k, device=starts.device).repeat_interleave(n)
+    with torch.random.fork_rng(devices=[starts.device] if starts.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        feats, _ = rssm.imagine(rssm.split(starts.repeat(k, 1)), horizon, policy=policy, head=heads)
+    reward = wm.reward(feats).squeeze(-1)
+    return feats.view(k, n, horizon, -1), reward.view(k, n, horizon)
+
+
+def discounted_score(reward: torch.Tensor, gamma: float, episode_steps: int) -> torch.Tensor:
+    """(..., H) rewards -> (...) discount-weighted mean reward per step x episode steps / 10 (the score's units)."""
+    weights = gamma ** torch.arange(reward.shape[-1], dtype=reward.dtype, device=reward.device)
+    return (reward * weights).sum(-1) / weights.sum() * episode_steps / 10
+
+
+def summarise(per_head: np.ndarray, prefix: str = "model_return") -> dict:
+    """(K, N) per-head, per-start estimates -> the mean over heads with its interval and the pessimistic figures."""
+    over_starts = per_head.mean(1)  # (K,)
+    mean = per_head.mean(0)  # (N,)
+    return {prefix: float(mean.mean()), f"{prefix}_ci95": ci95(mean),
+            f"{prefix}_min_head": float(over_starts.min()),
+            f"{prefix}_pessimistic": float(over_starts.mean() - over_starts.std()),
+            f"{prefix}_heads": [float(v) for v in over_starts]}
+
+
+def walker_qpos(state: np.ndarray) -> np.ndarray:
+    """The walker's joint positions from its 24-d observation (7 bodies' xx, xz orientations, torso height, qvel): each
+    body's pitch is atan2(xz, xx), a joint's angle minus its parent body's (the hinges turn about -y), the torso's
+    pitch is rooty, rootz the height less the torso's 1.3 m, rootx 0 (no reward depends on it)."""
+    pitch = np.arctan2(state[..., 1:14:2], state[..., 0:14:2])  # torso, r thigh, r leg, r foot, l thigh, l leg, l foot
+    parent = pitch[..., [0, 1, 2, 0, 4, 5]]
+    joints = -np.angle(np.exp(1j * (pitch[..., 1:] - parent)))  # wrapped to (-pi, pi]
+    return np.concatenate([state[..., 14:15] - 1.3, np.zeros_like(state[..., :1]), pitch[..., :1], joints], -1)
+
+
+def walker_reward(state: np.ndarray, action_repeat: int = 2) -> np.ndarray:
+    """dm_control walker-walk's own reward for each 24-d observation, per agent step: the physics is set to the state
+    the observation describes and the task scores it (both of an agent step's action repeats at its end state)."""
+    from dm_control import suite
+
+    env = suite.load("walker", "walk")
+    physics, task = env.physics, env.task
+    flat = state.reshape(-1, state.shape[-1])
+    qpos, out = walker_qpos(flat), np.empty(len(flat))
+    for i in range(len(flat)):
+        physics.data.qpos[:] = qpos[i]
+        physics.data.qvel[:] = flat[i, 15:24]
+        physics.forward()
+        out[i] = task.get_reward(physics)
+    return action_repeat * out.reshape(state.shape[:-1])
+
+
+STATE_REWARDS = {"walker-walk": walker_reward}
+
+
+def dataset_arrays(data_path: str | Path, keys=("reward", "state")) -> dict[str, list[np.ndarray]]:
+    """Only `keys` of every episode file (no frames): cheap next to loading the dataset."""
+    from latent_combo.data import episode_files
+
+    out = {k: [] for k in keys}
+    for f in episode_files(data_path):
+        with np.load(f) as ep:
+            for k in keys:
+                if k in ep.files:
+                    out[k].append(ep[k])
+    return out
+
+
+def estimate(wm, actor, transitions: dict, lengths: np.ndarray, env: str, gamma: float, device,
+             horizon: int = HORIZON, n: int = STARTS, states: list | None = None) -> dict:
+    """The figures of the module docstring for one trained policy. `transitions` are the run's encoded dataset
+    (latents.pt), `lengths` its episodes' lengths; `states` (the dataset's per-episode true states) adds the
+    probe-read figure where the env's reward is known from the state."""
+    from latent_combo.envs import SUCCESS_ENVS, make_env
+
+    steps = make_env(env, render=False).max_steps
+    idx = torch.as_tensor(start_indices(lengths, n))
+    starts = transitions["state"][idx].to(device)
+    feats, reward = head_rollouts(wm, actor, starts, horizon)
+    out = {"horizon": horizon, "starts": len(idx), "heads": int(reward.shape[0]),
+           **summarise(discounted_score(reward, gamma, steps).cpu().numpy())}
+    if env in SUCCESS_ENVS:
+        success = (reward > SUCCESS_REWARD).any(-1).float()  # (K, N)
+        out.update(summarise(success.cpu().numpy(), "model_success"))
+    if states is not None and env in STATE_REWARDS:
+        from latent_combo.probe import fit_state_probe
+
+        # The probe reads the encoded dataset's states (transition t starts at step t of its episode).
+        y = np.concatenate([s[:-1] for s in states])
+        probe = fit_state_probe(transitions["state"].numpy(), y)
+        read = probe.predict(feats.reshape(-1, feats.shape[-1]).cpu().numpy()).reshape(*feats.shape[:3], -1)
+        state_reward = torch.as_tensor(STATE_REWARDS[env](read), dtype=torch.float32)
+        out.update(summarise(discounted_score(state_reward, gamma, steps).numpy(), "model_return_probe_read"))
+    return out
+
+
+def format_estimate(e: dict) -> str:
+    """The estimate in a few lines, in the score's units."""
+    lines = [f"  model return {e['model_return']:.1f} ±{e['model_return_ci95']:.1f} (mean over {e['heads']} heads, "
+             f"{e['starts']} starts, horizon {e['horizon']}); lowest head {e['model_return_min_head']:.1f}, "
+             f"mean - spread {e['model_return_pessimistic']:.1f}"]
+    if "model_success" in e:
+        lines.append(f"  model success {e['model_success']:.0%} (lowest head {e['model_success_min_head']:.0%})")
+    if "model_return_probe_read" in e:
+        lines.append(f"  read by the probe and scored by the task: {e['model_return_probe_read']:.1f} "
+                     f"±{e['model_return_probe_read_ci95']:.1f}")
+    return "\n".join(lines)
+
+
+def estimate_run(run_dir: str | Path, horizon: int = HORIZON, n: int = STARTS, device=None) -> dict:
+    """`latent-combo estimate RUN_DIR`: the estimate for a trained run, written to RUN_DIR/estimate.json."""
+    from latent_combo.agent import Agent
+    from latent_combo.envs import make_env
+    from latent_combo.runs import dataset_dir, load_checkpoint, load_config
+    from latent_combo.utils import pick_device
+    from latent_combo.world_model import WorldModel
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    wm_ckpt, agent_ckpt, latents = (load_checkpoint(run_dir / name) for name in ("wm.pt", "agent.pt", "latents.pt"))
+    missing = [name for name, c in (("wm.pt", wm_ckpt), ("agent.pt", agent_ckpt), ("latents.pt", latents))
+               if c is None]
+    if missing:
+        what = "no world model: nothing to roll the policy out in" if wm_ckpt is None else "the run is not trained"
+        raise FileNotFoundError(f"{run_dir}: no {', '.join(missing)} ({what}; train it first)")
+    device = pick_device(device or cfg.device)
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    data_path = Path(results.get("dataset") or dataset_dir(cfg))
+    arrays = dataset_arrays(data_path)
+    env = make_env(cfg.env, render=False)
+    wm = WorldModel(cfg.wm, cfg.obs, env.action_dim, env.state_dim, np.zeros(env.state_dim),
+                    np.ones(env.state_dim)).to(device)
+    wm.load_state_dict(wm_ckpt["model"])
+    agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
+    agent.load_state_dict(agent_ckpt["agent"])
+    lengths = np.array([len(r) for r in arrays["reward"]])
+    out = estimate(wm, agent.actor, latents["transitions"], lengths, cfg.env, cfg.agent.gamma, device, horizon, n,
+                   arrays["state"] or None)
+    (run_dir / "estimate.json").write_text(json.dumps(out, indent=1))
+    return out
