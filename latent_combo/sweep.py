@@ -164,6 +164,17 @@ def run_sweep(a) -> dict:
     return summarise(rows, a, time.time() - t0)
 
 
+def with_estimate(row: dict) -> dict:
+    """A run's results with the world model's return estimate: its own, else its run folder's estimate.json, else
+    computed now (runs finished before the estimate was part of every run)."""
+    if "model_return" in row:
+        return row
+    from latent_combo.estimate import estimate_run
+
+    cached = Path(row["run_dir"]) / "estimate.json"
+    return {**row, **(json.loads(cached.read_text()) if cached.exists() else estimate_run(row["run_dir"]))}
+
+
 def q_floor_of(row: dict, stats: dict) -> float | None:
     """selection.q_floor for a run: its config's gamma and the dataset's smallest reward."""
     gamma = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())["agent"]["gamma"]
@@ -181,6 +192,7 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
         from latent_combo.data import OfflineDataset
 
         stats = {**stats, "reward_min": OfflineDataset(a.data_path, check=False).stats()["reward_min"]}
+    rows = [with_estimate(r) for r in rows]
     groups = {}
     for r in rows:
         groups.setdefault((r["algo"], setting_name(r["setting"])), []).append(r)
@@ -192,6 +204,7 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
         table.append({"algo": algo, "setting": name, "mean": float(np.mean(scores)), "ci95": ci95(scores),
                       "scores": scores, "seeds": [r["seed"] for r in rs],
                       "regulariser": selection.mean_of([r.get("final_regulariser") for r in rs]),
+                      "model_return": selection.mean_of([r.get("model_return") for r in rs]),
                       "q_data": q_data, "q_rise": q_rise,
                       "excluded": selection.exclusions(q_data, q_rise, q_floor_of(rs[0], stats)),
                       "wall_s": float(np.mean([r["wall_time_s"] for r in rs]))})
@@ -205,19 +218,25 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
                 mine[i]["offline_pick"] = "fallback: no setting levelled off" if fallback else True
             # Shown beside the pick to judge the rule, never used to choose.
             max(mine, key=lambda t: t["mean"])["best_evaluated"] = True
+    # The world model's return estimate ranks every row, whatever its algorithm (latent_combo.estimate).
+    estimated = [t for t in table if t["model_return"] is not None]
+    if len(estimated) > 1:
+        max(estimated, key=lambda t: t["model_return"])["model_return_pick"] = True
     print(f"\n{a.env} {Path(a.data_path).name} obs={a.obs} preset={a.preset} seeds={a.seeds}  ({wall:.0f}s)")
     print(f"dataset: {stats['episodes']} episodes, Batch Mean {stats['return_mean']:.1f}, "
           f"Batch Max {stats['return_max']:.1f}" + (f", success {stats['success_rate']:.0%}" if success else ""))
     print(f"{'algo':<7} {'setting':<24} {'success' if success else 'score':>16} {'per seed':<24} "
-          f"{'regulariser':>12} {'Q data':>7} {'Q rise':>7} {'wall':>7}")
+          f"{'regulariser':>12} {'model ret':>9} {'Q data':>7} {'Q rise':>7} {'wall':>7}")
     for t in table:
         reg = "-" if t["regulariser"] is None else f"{t['regulariser']:.3f}"
         q = "-" if t["q_data"] is None else f"{t['q_data']:.3g}"
         rise = "-" if t["q_rise"] is None else f"{t['q_rise']:+.1%}"
         fmt = (lambda v: f"{v:.0%}") if success else (lambda v: f"{v:.1f}")
+        model = "-" if t["model_return"] is None else f"{t['model_return']:.1f}"
         print(f"{t['algo']:<7} {t['setting']:<24} {fmt(t['mean']):>8} ±{fmt(t['ci95']):<7} "
-              f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {q:>7} {rise:>7} {t['wall_s']:>6.0f}s"
-              + ("  <- offline pick" if t.get("offline_pick") else "")
+              f"{' '.join(fmt(s) for s in t['scores']):<24} {reg:>12} {model:>9} {q:>7} {rise:>7} {t['wall_s']:>6.0f}s"
+              + ("  <- regulariser pick" if t.get("offline_pick") else "")
+              + ("  <- model-return pick" if t.get("model_return_pick") else "")
               + (f" ({t['offline_pick']})" if isinstance(t.get("offline_pick"), str) else "")
               + ("  <- best evaluated" if t.get("best_evaluated") else "")
               + (f"  (not pickable: {'; '.join(t['excluded'])})" if t["excluded"] and t["regulariser"] is not None
@@ -247,8 +266,8 @@ def summarise(rows: list[dict], a, wall: float) -> dict:
                                                 "probe": probes,
                                                 "wall_s": wall, "runs": rows}, indent=1, default=str))
     with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["algo", "setting", "mean", "ci95", "regulariser", "q_data", "q_rise", "wall_s",
-                               "offline_pick", "best_evaluated"], extrasaction="ignore")
+        w = csv.DictWriter(f, ["algo", "setting", "mean", "ci95", "regulariser", "model_return", "q_data", "q_rise",
+                               "wall_s", "offline_pick", "model_return_pick", "best_evaluated"], extrasaction="ignore")
         w.writeheader()
         w.writerows(table)
     print(f"\ntable: {out / 'sweep.json'}, {out / 'sweep.csv'}; Tune results: {Path(a.storage) / a.name}-*")

@@ -26,6 +26,8 @@ def test_two_trial_sweep_shares_one_world_model_and_resumes(env_datasets, tmp_pa
     assert (bc / "wm.pt").read_bytes() == (wm_dir / "wm.pt").read_bytes()  # the seed's one world model
     table = json.loads((tmp_path / "runs" / "sweep.json").read_text())["table"]
     assert [t["algo"] for t in table] == ["combo", "bc"]
+    assert all(t["model_return"] is not None for t in table)  # every row, BC's too: the estimate's pick beside
+    assert sum(bool(t.get("model_return_pick")) for t in table) == 1 and "<- model-return pick" in out
     assert "combo" in out and "bc" in out
     assert cli([*args, "--algos", "bc"]) == 0  # another first algorithm: the same world model, not a new one
     assert [d.name for d in wm_dir.parent.iterdir()] == ["combo-image-debug-s0"]
