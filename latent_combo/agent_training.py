@@ -152,8 +152,9 @@ TAG_NAMES = {"q_mean": "q_batch"}
 
 
 def log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step) -> float | None:
-    """The update's metrics under agent/, plus Q on this step's dataset and rollout pairs; returns Q on the
-    dataset pairs (None for BC, which has no critic)."""
+    """The update's metrics under agent/, plus Q on this step's dataset and rollout pairs, Q on the data and the
+    regulariser's tail mean also under report.RESULT; returns Q on the dataset pairs (None for BC, which has no
+    critic)."""
     report.log_scalars(writer, {f"agent/{TAG_NAMES.get(k, k)}": v for k, v in metrics.items()
                                 if k != "updates_per_s"}, step)
     with torch.no_grad():
@@ -175,6 +176,8 @@ def log_agent_metrics(writer, metrics, agent, real_batch, model_batch, step) -> 
         if model_batch is not None:
             report.scalar(writer, "agent/q_model", agent.critic(model_batch["state"], model_batch["action"]).mean(),
                           step)
+    report.log_scalars(writer, {f"{report.RESULT}/q_data": float(q_data),
+                                f"{report.RESULT}/regulariser": metrics.get("regulariser_tail_mean")}, step)
     return float(q_data)
 
 
@@ -192,8 +195,8 @@ def relative_rise(trace: list, total_steps: int) -> float | None:
 
 
 def log_eval(writer, result: dict, frames, step: int, final: bool = False) -> None:
-    """An evaluation under eval/ (the final one as eval/final_*), with its first episode's frames."""
-    report.log_scalars(writer, {f"eval/{k}": v for k, v in report.eval_scalars(result, final).items()}, step)
+    """An evaluation on the eval/ curves and its score on report.RESULT's, with its first episode's frames; the final
+    one at the last step of the same curves (and as eval/final_*, report.eval_scalars)."""
+    report.log_scalars(writer, report.eval_scalars(result, final), step)
     if frames:
-        writer.add_image("eval/final_episode_frames" if final else "eval/episode_frames", report.frame_strip(frames),
-                         step, dataformats="HWC")
+        writer.add_image("eval/episode_frames", report.frame_grid(frames), step, dataformats="HWC")

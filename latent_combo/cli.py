@@ -227,7 +227,7 @@ def cmd_eval(a) -> int:
     agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
     agent.load_state_dict(agent_ckpt["agent"])
     result, _ = evaluate(wm, agent.actor, cfg.env, a.eval_episodes, device, seed=a.seed,
-                         max_steps=cfg.eval_max_steps, render_settings=render)
+                         max_steps=cfg.eval_max_steps, render_settings=render, progress=True)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from latent_combo.envs import SUCCESS_ENVS, make_env
 
@@ -46,10 +47,12 @@ def run_episode(env, wm, actor, device, seed: int, record: bool = False):
 
 
 def evaluate(wm, actor, env_id: str, episodes: int, device, seed: int = 0, record: bool = False,
-             max_steps: int = 0, render_settings: str = "fast") -> dict:
+             max_steps: int = 0, render_settings: str = "fast", progress: bool = False) -> dict:
     """Mean return, dm_control normalised score (return / 10, V-D4RL's convention), success rate, with
     95% intervals; `frames` of the first episode when `record`. Frames are rendered with `render_settings`
-    (envs.RENDER_SETTINGS): the ones the dataset's frames were made with."""
+    (envs.RENDER_SETTINGS): the ones the dataset's frames were made with. `progress`: a bar over the episodes,
+    for evaluations that stand alone (the final one, `latent-combo eval`: 20 pixel episodes take minutes on a
+    CPU); off for the periodic ones, which would break into the agent's bar."""
     render = wm.obs == "image" or record
     env = make_env(env_id, render=render, render_settings=render_settings)
     if max_steps:
@@ -58,7 +61,7 @@ def evaluate(wm, actor, env_id: str, episodes: int, device, seed: int = 0, recor
     # Evaluation draws posterior samples; a forked RNG keeps training's random stream untouched, so
     # a resumed run matches an uninterrupted one whatever was evaluated in between.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for ep in range(episodes):
+        for ep in tqdm(range(episodes), desc=f"evaluation ({env_id})", unit="episode", disable=not progress):
             ret, success, fr = run_episode(env, wm, actor, device, seed=seed + ep, record=record and ep == 0)
             returns.append(ret)
             successes.append(float(success))

@@ -59,7 +59,7 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     if not (run_dir / "wm.pt").exists():
         writer.add_text("hyperparameters", "\n".join(f"    {line}" for line in
                                                       yaml.safe_dump(to_dict(cfg)).splitlines()))
-        writer.add_custom_scalars(report.CUSTOM_LAYOUT)
+        writer.add_custom_scalars(report.custom_layout(cfg.env, cfg.algo))
     seed_everything(cfg.seed)  # initial weights depend on the seed alone
     wm = build_world_model(cfg, dataset, device)
     if world_model_from:
@@ -89,8 +89,12 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
     agent = train_agent(cfg, wm, transitions, run_dir, writer, device, on_log=on_log, render=render)
     wall_before += agent.wall_before
     result, frames = evaluate(wm, agent.actor, cfg.env, cfg.final_eval_episodes, device, seed=1_000_000,
-                              record=cfg.obs == "image", max_steps=cfg.eval_max_steps, render_settings=render)
+                              record=cfg.obs == "image", max_steps=cfg.eval_max_steps, render_settings=render,
+                              progress=True)
     log_eval(writer, result, frames, cfg.agent.steps, final=True)
+    chart = report.result_chart(agent.history, result, cfg.agent.steps, reference_points(cfg.env, dataset_stats,
+                                                                                          run_dir))
+    writer.add_figure(f"{report.RESULT}/eval_curve", chart, cfg.agent.steps)
     # The policy's return as its own world model predicts it: an offline figure to select settings by.
     model_estimate = estimate(wm, agent.actor, transitions, lengths, cfg.env, cfg.agent.gamma, device, states=states)
     report.log_scalars(writer, {f"estimate/{k}": model_estimate[k] for k in ESTIMATE_TAGS if k in model_estimate},
@@ -130,23 +134,63 @@ def log_run_hparams(writer, cfg, data_path, result: dict, regulariser, probe: di
                "seed": cfg.seed, "beta": cfg.agent.beta, "f": cfg.agent.real_ratio,
                "rollout_length": cfg.agent.rollout_length, "lompo_lambda": cfg.agent.lompo_lambda,
                "wm_steps": cfg.wm.steps, "agent_steps": cfg.agent.steps}
-    key = "success_rate" if "eval_success_rate" in result else "normalized_score"
+    key = report.score_key(result)
     metrics = {f"eval/final_{key}": result[f"eval_{key}"], "agent/final_regulariser": regulariser,
                "probe/state_r2": probe.get("state_r2")}
     report.log_hparams(writer, hparams, metrics, cfg.agent.steps)
 
 
+# A uniform-random policy's normalised score where one was measured (docs/datasets.md); none for sawyer's success.
+RANDOM_SCORES = {"walker-walk": 4.4}
+
+
+def reference_points(env: str, dataset_stats: dict, run_dir) -> dict[str, float]:
+    """What a run's score reads against, in its units (normalised score, or success rate on sawyer): a random
+    policy's, the dataset's Batch Mean (its episodes' mean return / 10, or their success rate) and BC's, where a
+    finished BC run of the same env, dataset, obs, preset and seed is in the same logdir: the run folder beside
+    this one named bc-OBS-PRESET-sSEED (runs.run_dir_for)."""
+    success = env in SUCCESS_ENVS
+    refs = {}
+    if env in RANDOM_SCORES:
+        refs["random"] = RANDOM_SCORES[env]
+    batch_mean = dataset_stats.get("success_rate") if success else dataset_stats.get("return_mean")
+    if batch_mean is not None:
+        refs["Batch Mean"] = batch_mean if success else batch_mean / 10
+    bc = bc_results(Path(run_dir)) if run_dir else None
+    if bc is not None:
+        refs["BC"] = bc["eval_success_rate" if success else "eval_normalized_score"]
+    return refs
+
+
+def bc_results(run_dir: Path) -> dict | None:
+    """results.json of the finished BC run beside `run_dir`: the folder named as runs.run_dir_for names it, with
+    `bc` for the algorithm (no algorithm's name has a '-'), so of the same env, dataset, obs, preset and seed.
+    None if it has not finished, or `run_dir` is that run."""
+    bc_dir = run_dir.with_name("bc-" + run_dir.name.split("-", 1)[-1])
+    path = bc_dir / "results.json"
+    if bc_dir == run_dir or not path.exists():
+        return None
+    bc = json.loads(path.read_text())
+    return bc if bc.get("algo") == "bc" else None
+
+
 def results_table(rows: list[dict]) -> str:
+    """One line per run: its evaluation beside the reference points (reference_points; '-' where there is none)."""
     head = f"{'env':<12} {'dataset':<20} {'algo':<6} {'obs':<5} {'seed':>4} {'return':>16} {'score/success':>15} " \
-           f"{'regulariser':>11} {'wall':>7}"
+           f"{'random':>7} {'Batch Mean':>10} {'BC':>6} {'regulariser':>11} {'wall':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        if r["env"] in SUCCESS_ENVS:
+        success = r["env"] in SUCCESS_ENVS
+        if success:
             score = f"{r['eval_success_rate']:.0%} ±{r['eval_success_ci95']:.0%}"
         else:
             score = f"{r['eval_normalized_score']:.1f} ±{r['eval_normalized_score_ci95']:.1f}"
+        refs = reference_points(r["env"], r.get("dataset_stats") or {}, r.get("run_dir"))
+        ref = {k: "-" if k not in refs else f"{refs[k]:.0%}" if success else f"{refs[k]:.1f}"
+               for k in ("random", "Batch Mean", "BC")}
         reg = r.get("final_regulariser")
         lines.append(f"{r['env']:<12} {Path(r['dataset']).name:<20} {r['algo']:<6} {r['obs']:<5} {r['seed']:>4} "
                      f"{r['eval_return_mean']:>8.1f} ±{r['eval_return_ci95']:<6.1f} {score:>15} "
+                     f"{ref['random']:>7} {ref['Batch Mean']:>10} {ref['BC']:>6} "
                      f"{'-' if reg is None else f'{reg:.3f}':>11} {r['wall_time_s']:>6.0f}s")
     return "\n".join(lines)

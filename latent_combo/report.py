@@ -1,8 +1,9 @@
 """TensorBoard: one tag scheme with a description per tag, labelled image grids, HParams and a custom layout.
 
-Tags: `wm/` world model, `agent/` agent, `rollout/` model rollouts, `eval/` evaluations in the simulator,
-`probe/` the world-model probe, `analysis/` uncertainty vs model error (`latent-combo analyse`), `speed/`
-updates per second. TensorBoard shows each description on hover.
+Tags: `1_result/` the run's result at a glance (copies of the key tags, see RESULT), `wm/` world model,
+`agent/` agent, `rollout/` model rollouts, `eval/` evaluations in the simulator, `probe/` the world-model
+probe, `analysis/` uncertainty vs model error (`latent-combo analyse`), `speed/` updates per second.
+TensorBoard shows each description on hover.
 """
 
 from __future__ import annotations
@@ -12,8 +13,22 @@ import re
 import numpy as np
 import torch
 
+# The group TensorBoard's Time Series opens on. It groups cards by a tag's first segment, orders groups and cards by
+# tag in natural order, where digits (and "/") come before letters, and expands the first two groups (tensorboard
+# 2.21, metrics dashboard). Pinned cards would be the other way, but pins live in each browser and cannot be
+# set from files. So the result's copies sit in "1_result", shown first and open above agent/ (the second group):
+# its image chart `eval_curve`, the score curve, then Q on the data and the regulariser (card order is by name).
+RESULT = "1_result"
+
 # Descriptions by tag; `{k}` / `{h}` stand for a number (a prior head, a horizon), `{name}` for a word.
 DESCRIPTIONS = {
+    f"{RESULT}/eval_normalized_score": "the evaluations' normalised score, the final one at the last step (the "
+                                       "values of eval/normalized_score, here so that Time Series shows it first)",
+    f"{RESULT}/eval_success_rate": "the evaluations' success rate, the final one at the last step (the values of "
+                                   "eval/success_rate, here so that Time Series shows it first)",
+    f"{RESULT}/q_data": "Q on dataset (state, action) pairs (the values of agent/q_data)",
+    f"{RESULT}/regulariser": "E_rho[Q] - E_D[Q] averaged over the last tenth of the updates so far: its last value is "
+                             "the selection rule's (agent/regulariser_tail_mean; negative is what COMBO asks for)",
     "wm/obs": "ELBO reconstruction term: 1/2 squared error of the decoded image (or state), summed over pixels",
     "wm/reward": "1/2 squared error of the reward head on posterior features",
     "wm/kl": "KL(posterior || prior head k), averaged over the K heads (the ELBO's KL term, before free nats)",
@@ -72,10 +87,12 @@ DESCRIPTIONS = {
     "eval/success_ci95": "half-width of the 95% interval of the success rate",
     "eval/success_lo": "success rate minus its 95% half-width",
     "eval/success_hi": "success rate plus its 95% half-width",
-    "eval/episodes": "evaluation episodes behind each point",
-    "eval/final_normalized_score": "final evaluation (final_eval_episodes episodes) of the trained policy",
-    "eval/final_success_rate": "final evaluation (final_eval_episodes episodes) of the trained policy",
-    "eval/final_return_mean": "final evaluation: mean return",
+    "eval/episodes": "evaluation episodes behind each point (the last point: final_eval_episodes)",
+    "eval/final_normalized_score": "the final evaluation's score alone (final_eval_episodes episodes; also the last "
+                                   "point of eval/normalized_score): the HParams dashboard's metric",
+    "eval/final_success_rate": "the final evaluation's success rate alone (final_eval_episodes episodes; also the "
+                               "last point of eval/success_rate): the HParams dashboard's metric",
+    "eval/final_return_mean": "the final evaluation's mean return alone (also the last point of eval/return_mean)",
     "agent/final_regulariser": "the regulariser at the end of training (selection rule's value)",
     "probe/state_r2": "held-out R² of a ridge regression from latent features to the true state (mean over dims)",
     "probe/open_loop_r2_h{h}": "held-out state R² read from prior rollouts h steps after a filtered state",
@@ -137,47 +154,87 @@ def log_scalars(writer, metrics: dict, step: int) -> None:
             scalar(writer, k, v, step)
 
 
+def score_key(result: dict) -> str:
+    """What an evaluation is scored by: the success rate on sparse-success envs, else the normalised score."""
+    return "success_rate" if "eval_success_rate" in result else "normalized_score"
+
+
 def eval_scalars(result: dict, final: bool = False) -> dict:
-    """An evaluation's floats under eval/ (without repeating the prefix), with the 95% band's edges."""
+    """An evaluation's floats by tag: under eval/ with the 95% band's edges, and its score under RESULT. The final
+    evaluation goes on the same curves (at the last step), and alone as eval/final_* too: one point each, the HParams
+    dashboard's metrics (docs/tensorboard.md names them)."""
     out = {}
     for key in ("return_mean", "return_ci95", "normalized_score", "normalized_score_ci95", "success_rate",
                 "success_ci95"):
         if f"eval_{key}" in result:
-            out[key] = result[f"eval_{key}"]
+            out[f"eval/{key}"] = result[f"eval_{key}"]
     for key, half, name in (("normalized_score", "normalized_score_ci95", "normalized_score"),
                             ("success_rate", "success_ci95", "success")):
-        if key in out:
-            out[f"{name}_lo"], out[f"{name}_hi"] = out[key] - out[half], out[key] + out[half]
-    out["episodes"] = float(result["eval_episodes"])
+        if f"eval/{key}" in out:
+            out[f"eval/{name}_lo"] = out[f"eval/{key}"] - out[f"eval/{half}"]
+            out[f"eval/{name}_hi"] = out[f"eval/{key}"] + out[f"eval/{half}"]
+    out["eval/episodes"] = float(result["eval_episodes"])
+    score = score_key(result)
+    out[f"{RESULT}/eval_{score}"] = result[f"eval_{score}"]
     if final:
-        return {f"final_{k}": v for k, v in out.items() if k in ("return_mean", "normalized_score", "success_rate")}
+        out.update({f"eval/final_{k}": result[f"eval_{k}"] for k in ("return_mean", score)})
     return out
 
 
-CUSTOM_LAYOUT = {
-    "Q: data vs rollouts": {
-        "Q on dataset pairs, rollout pairs and pushed-down states": [
-            "Multiline", ["agent/q_data", "agent/q_model", "agent/q_rho"]],
-        "regulariser E_rho[Q] - E_D[Q]": ["Multiline", ["agent/regulariser", "agent/regulariser_tail_mean"]],
-        "rollout reward minus the dataset's": ["Multiline", ["rollout/reward_minus_data"]],
-        "policy vs data actions": ["Multiline", ["agent/policy_action_mse", "agent/policy_saturation",
-                                                 "agent/data_saturation"]],
-    },
-    "evaluation (95% band)": {
-        "normalised score": ["Margin", ["eval/normalized_score", "eval/normalized_score_lo",
-                                        "eval/normalized_score_hi"]],
-        "success rate": ["Margin", ["eval/success_rate", "eval/success_lo", "eval/success_hi"]],
-    },
-}
+def custom_layout(env: str, algo: str) -> dict:
+    """The Custom Scalars tab for one run: only the charts its env and algorithm fill (a walker run has no success
+    rate, a sawyer run no normalised score, BC no critic). Multiline tags are regexes matched from a tag's start:
+    `^...$` draws that tag alone (agent/regulariser would also draw agent/regulariser_tail_mean). TensorBoard merges
+    the layouts of the runs it shows, so a logdir of walker and sawyer runs gets both score charts."""
+    from latent_combo.agent import USES_PENALTY, USES_ROLLOUTS
+    from latent_combo.envs import SUCCESS_ENVS
+
+    # The band's edges are drawn with the score: TensorBoard's default "ignore outliers" drops a chart's values
+    # outside its 5th-95th percentile, which are then band edges; up to 7 evaluations (the cpu preset has 5, the
+    # final one included) that spares every point of the score itself.
+    if env in SUCCESS_ENVS:
+        band = {"success rate (the final evaluation at the last step)": [
+            "Margin", ["eval/success_rate", "eval/success_lo", "eval/success_hi"]]}
+    else:
+        band = {"normalised score (the final evaluation at the last step)": [
+            "Margin", ["eval/normalized_score", "eval/normalized_score_lo", "eval/normalized_score_hi"]]}
+    # TensorBoard keeps the chart order of the first run's layout (runs sorted by name: bc-... comes first) and
+    # appends the charts other runs add, skipping identical ones: the chart every algorithm fills goes first, so
+    # the order is the same in any logdir, and a chart is the same for every algorithm that has it (a tag a run
+    # lacks draws no line), so runs of several algorithms share it rather than showing two of one title.
+    agent = {"policy vs data actions": ["Multiline", ["^agent/policy_action_mse$", "^agent/policy_saturation$",
+                                                     "^agent/data_saturation$"]]}
+    if algo != "bc":
+        agent["Q on dataset pairs, rollout pairs and pushed-down states"] = [
+            "Multiline", ["^agent/q_data$", "^agent/q_model$", "^agent/q_rho$"]]
+    if USES_PENALTY[algo]:  # a chart of its own: a few tenths, on Q's axis of tens it reads as flat
+        agent["regulariser E_rho[Q] - E_D[Q], mean over the last tenth of the updates (the selection rule's)"] = [
+            "Multiline", ["^agent/regulariser_tail_mean$"]]
+    if USES_ROLLOUTS[algo]:
+        agent["rollout reward minus the dataset's"] = ["Multiline", ["^rollout/reward_minus_data$"]]
+    return {"evaluation (95% band)": band, "agent: policy vs data, Q, regulariser": agent}
+
+
+# HParams shows 5 hparams columns at first: those whose experiment info says `differs`, then by name. Every run
+# writes its own experiment summary and TensorBoard reads one of them, so nothing says what differs across runs:
+# by name alone the columns were agent_steps, algo, beta, dataset, env, and the seed (11th) stayed hidden.
+HPARAMS_SHOWN = ("algo", "env", "dataset", "seed", "beta")
 
 
 def log_hparams(writer, hparams: dict, metrics: dict, step: int) -> None:
     """The HParams dashboard's session for this run: its settings and final metrics (also as scalars, which
-    the dashboard reads), written into the run's own event file so runs of a sweep line up side by side."""
+    the dashboard reads), written into the run's own event file so runs of a sweep line up side by side.
+    HPARAMS_SHOWN are the columns shown without ticking them (the others are a tick away)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
     exp, ssi, sei = hparams_summary({k: v for k, v in hparams.items() if v is not None}, metrics)
+    plugin = exp.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in HPARAMS_SHOWN
+    plugin.content = data.SerializeToString()
     file_writer = writer._get_file_writer()
     for summary in (exp, ssi, sei):
         if file_writer is not None:
@@ -186,6 +243,42 @@ def log_hparams(writer, hparams: dict, metrics: dict, step: int) -> None:
     for k, v in metrics.items():
         if k not in seen:  # e.g. eval/final_* are logged already; probe/state_r2 only if probed in this process
             scalar(writer, k, v, step)
+
+
+def result_chart(history: list[dict], final: dict, step: int, references: dict):
+    """The score over training with its 95% band, the final evaluation marked and reference scores as dashed
+    lines, as a matplotlib figure. Written as an image (RESULT/eval_curve): TensorBoard's default scaling cuts a
+    scalar card's lowest and highest points, here the final one most often; an image keeps them all. Sized for
+    a Time Series card, which shows an image at most ~400 x 200 px: 2:1, labels on the lines rather than in a
+    legend, no title (the card names the run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    score = score_key(final)
+    half = "success_ci95" if score == "success_rate" else "normalized_score_ci95"
+    scale = 100 if score == "success_rate" else 1  # success in percent
+    points = [p for p in history if f"eval_{score}" in p] + [{"step": step, **final}]
+    x = np.array([p["step"] for p in points])
+    y, h = (np.array([p[f"eval_{k}"] for p in points]) * scale for k in (score, half))
+    with plt.rc_context({"font.size": 9}):
+        fig, ax = plt.subplots(figsize=(4.8, 2.4), dpi=100)
+        ax.fill_between(x, y - h, y + h, alpha=0.2, color="C0", lw=0)
+        ax.plot(x, y, "o-", color="C0")
+        ax.errorbar(x[-1:], y[-1:], h[-1:], fmt="*", ms=12, color="C3", capsize=3)
+        ax.annotate(f"final {y[-1]:.1f} ±{h[-1]:.1f}\n({final['eval_episodes']} episodes)", (x[-1], y[-1]),
+                    xytext=(-10, 6), textcoords="offset points", ha="right", color="C3")
+        for i, (name, value) in enumerate(references.items()):
+            ax.axhline(value * scale, ls="--", lw=1.2, color=f"C{i + 4}")
+            ax.text(0.01, value * scale, f"{name} {value * scale:.1f}", transform=ax.get_yaxis_transform(),
+                    va="bottom", color=f"C{i + 4}")
+        ax.set_xlabel("agent updates")
+        ax.set_ylabel("success rate (%)" if scale == 100 else "normalised score")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+    return fig
 
 
 # ----- images ---------------------------------------------------------------------------------------
@@ -225,10 +318,23 @@ def open_loop_grid(truth: torch.Tensor, model: torch.Tensor, context: int, head:
     return np.concatenate([header, grid], 0)
 
 
-def frame_strip(frames: list, every: int = 10, limit: int = 25) -> np.ndarray:
-    """Evaluation frames side by side (every `every`-th, at most `limit`) as one HWC image."""
-    picked = frames[::every][:limit]
-    return np.concatenate(picked, 1) if picked else np.zeros((64, 64, 3), np.uint8)
+def frame_grid(frames: list, rows: int = 2, cols: int = 5, zoom: int = 2) -> np.ndarray:
+    """Evaluation frames spread evenly over the episode, `rows` x `cols` of them, each `zoom` times its size
+    and labelled with its step: one HWC image that stays legible at TensorBoard's card size, at most ~400 x
+    200 px (a strip of 25 64-px frames side by side was scaled down to ~20 px tall; 2 x 5 2x frames, to 80)."""
+    import cv2
+
+    if not frames:
+        return np.zeros((64, 64, 3), np.uint8)
+    picked = np.unique(np.linspace(0, len(frames) - 1, rows * cols).round().astype(int))
+    tiles = []
+    for i in picked:
+        tile = np.ascontiguousarray(np.repeat(np.repeat(frames[i], zoom, 0), zoom, 1))
+        for colour, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white on a dark outline: any background
+            cv2.putText(tile, f"t={i}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, colour, width, cv2.LINE_AA)
+        tiles.append(tile)
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)  # a short episode: blank tiles fill the last row
+    return np.concatenate([np.concatenate(tiles[r:r + cols], 1) for r in range(0, len(tiles), cols)], 0)
 
 
 def state_plot_grid(truth: torch.Tensor, model: torch.Tensor, size: int = 64) -> np.ndarray:

@@ -128,8 +128,25 @@ def test_estimate_command_rewrites_the_runs_figure(world_models, capsys):
 
 def test_eval_command_needs_only_the_run_folder(world_models, capsys):
     assert cli(["eval", str(world_models["sawyer-door"]), "--eval-episodes", "2"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)  # the progress bar goes to stderr, leaving stdout the JSON alone
     assert out["eval_episodes"] == 2 and 0.0 <= out["eval_success_rate"] <= 1.0
+    assert "evaluation (sawyer-door)" in captured.err and "2/2" in captured.err
+
+
+def test_only_a_standalone_evaluation_shows_progress(world_models, capsys):
+    """The final evaluation's bar (minutes of pixel episodes); periodic ones would break into the agent's bar."""
+    from latent_combo.evaluate import evaluate
+    from latent_combo.world_model_training import load_trained_world_model
+
+    class Still(torch.nn.Module):
+        def sample(self, feat, deterministic=False):
+            return torch.zeros(feat.shape[0], 6), None
+
+    _, wm, _, device, _, _ = load_trained_world_model(world_models["walker-walk"], None, "cpu")
+    for progress in (False, True):
+        evaluate(wm, Still(), "walker-walk", 2, device, max_steps=3, progress=progress)
+        assert ("evaluation (walker-walk)" in capsys.readouterr().err) == progress
 
 
 def test_flavour_name_builds_a_small_dataset_in_its_own_folder(tmp_path, monkeypatch):
@@ -222,6 +239,7 @@ EXPECTED_TAGS = {
     "rollout/reward", "rollout/reward_minus_data", "rollout/buffer_age", "agent/policy_action_mse",
     "agent/policy_saturation", "agent/data_saturation", "eval/return_mean", "eval/normalized_score",
     "eval/normalized_score_lo", "eval/normalized_score_hi", "eval/final_normalized_score", "agent/final_regulariser",
+    "1_result/eval_normalized_score", "1_result/q_data", "1_result/regulariser",
 }
 
 
@@ -237,7 +255,8 @@ def test_tensorboard_tag_scheme_hparams_and_labelled_grids(world_models):
     scalars = {t for t in acc.Tags()["tensors"] if acc.SummaryMetadata(t).plugin_data.plugin_name == "scalars"}
     assert EXPECTED_TAGS <= scalars, EXPECTED_TAGS - scalars
     tags = scalars | set(acc.Tags()["images"])
-    assert {t.split("/")[0] for t in tags} <= {"wm", "agent", "rollout", "eval", "probe", "speed", "estimate"}
+    assert {t.split("/")[0] for t in tags} <= {"1_result", "wm", "agent", "rollout", "eval", "probe", "speed",
+                                              "estimate"}
     assert not [t for t in tags if t.split("/")[1].startswith(t.split("/")[0])]  # e.g. eval/eval_...
     assert all(describe(t) for t in scalars), [t for t in scalars if not describe(t)]
     # The description travels with the tag's first event.
@@ -250,6 +269,26 @@ def test_tensorboard_tag_scheme_hparams_and_labelled_grids(world_models):
     exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     names = {m.name.tag for m in exp.experiment.metric_infos}
     assert {"eval/final_normalized_score", "agent/final_regulariser", "probe/state_r2"} <= names
+    # The final evaluation on the periodic curves, at the last step (debug: one periodic at 4, the final at 6), the
+    # same score in the result's group, beside its chart.
+    results = json.loads((world_models["walker-walk"] / "results.json").read_text())
+    for tag in ("eval/normalized_score", "1_result/eval_normalized_score"):
+        points = [(e.step, e.tensor_proto.float_val[0]) for e in acc.Tensors(tag)]
+        assert [s for s, _ in points] == [4, 6]
+        assert points[-1][1] == pytest.approx(results["eval_normalized_score"])
+    assert len(acc.Tensors("eval/final_normalized_score")) == 1
+    assert {"1_result/eval_curve", "eval/episode_frames"} <= set(acc.Tags()["images"])
+    frames = acc.Images("eval/episode_frames")
+    assert [e.step for e in frames] == [4, 6] and frames[-1].height >= 128  # legible: 2x frames in a grid
+    # The custom layout of a walker run: its score band, no success-rate chart; the regulariser on its own chart.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {c.title: c for category in layout.category for c in category.chart}
+    assert [c for c in charts if "normalised score" in c] and not [c for c in charts if "success" in c]
+    (regulariser,) = [c for t, c in charts.items() if t.startswith("regulariser")]
+    assert list(regulariser.multiline.tag) == ["^agent/regulariser_tail_mean$"]
+    assert start.session_start_info.hparams["seed"].number_value == 0
     # A labelled open-loop grid: a white header band and label column around the frames.
     image = acc.Images("wm/open_loop/head0")[-1]
     import io
