@@ -30,10 +30,11 @@ RULES = {"model-return": ("model_return", 1), "model-return-pessimistic": ("mode
 
 
 def finished_runs(paths) -> list[Path]:
-    """Run folders holding results.json at or below each path, in order, without repeats."""
+    """Finished run folders (results.json and config.yaml) at or below each path, in order, without repeats."""
     found = []
     for p in paths:
-        found += sorted(r.parent for r in Path(p).rglob("results.json")) if Path(p).is_dir() else []
+        # A run folder holds config.yaml beside results.json (bench/d3rlpy_reference.py's folders hold no config).
+        found += sorted(r.parent for r in Path(p).rglob("results.json") if (r.parent / "config.yaml").exists())
     if not found:
         raise FileNotFoundError(f"{', '.join(map(str, paths))}: no finished run (a folder with results.json) at or "
                                 "below it")
