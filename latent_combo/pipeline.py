@@ -19,7 +19,7 @@ from latent_combo.agent_training import log_eval, real_transitions, relative_ris
 from latent_combo.config import to_dict
 from latent_combo.data import METADATA, DatasetError, OfflineDataset, dataset_env, render_settings
 from latent_combo.envs import SUCCESS_ENVS, check_rendering
-from latent_combo.estimate import estimate
+from latent_combo.estimate import estimate, format_estimate
 from latent_combo.evaluate import evaluate
 from latent_combo.runs import DatasetBuilder, dataset_dir, run_dir_for, save_config
 from latent_combo.utils import atomic_write_text, configure_device, pick_device, seed_everything
@@ -96,10 +96,14 @@ def run(cfg, world_model_from: str | None = None, fresh: bool = False,
                                                                                           run_dir))
     writer.add_figure(f"{report.RESULT}/eval_curve", chart, cfg.agent.steps)
     # The policy's return as its own world model predicts it: an offline figure to select settings by.
+    t_estimate = time.time()
     model_estimate = estimate(wm, agent.actor, transitions, lengths, cfg.env, cfg.agent.gamma, device, states=states)
+    print(f"the policy's return in its world model ({time.time() - t_estimate:.0f}s):\n"
+          + format_estimate(model_estimate))
     report.log_scalars(writer, {f"estimate/{k}": model_estimate[k] for k in ESTIMATE_TAGS if k in model_estimate},
                        cfg.agent.steps)
-    log_run_hparams(writer, cfg, data_path, result, agent.last_metrics.get("regulariser_tail_mean"), probe)
+    log_run_hparams(writer, cfg, data_path, result, agent.last_metrics.get("regulariser_tail_mean"), probe,
+                    model_estimate["model_return"])
     if frames:
         import imageio.v2 as imageio
 
@@ -128,7 +132,7 @@ def eval_render_settings(cfg, data_path) -> str:
     return render_settings(data_path) if cfg.eval_render == "auto" else cfg.eval_render
 
 
-def log_run_hparams(writer, cfg, data_path, result: dict, regulariser, probe: dict) -> None:
+def log_run_hparams(writer, cfg, data_path, result: dict, regulariser, probe: dict, model_return=None) -> None:
     """The run's row in TensorBoard's HParams dashboard: key settings and final metrics."""
     hparams = {"algo": cfg.algo, "obs": cfg.obs, "preset": cfg.preset, "env": cfg.env, "dataset": Path(data_path).name,
                "seed": cfg.seed, "beta": cfg.agent.beta, "f": cfg.agent.real_ratio,
@@ -136,7 +140,7 @@ def log_run_hparams(writer, cfg, data_path, result: dict, regulariser, probe: di
                "wm_steps": cfg.wm.steps, "agent_steps": cfg.agent.steps}
     key = report.score_key(result)
     metrics = {f"eval/final_{key}": result[f"eval_{key}"], "agent/final_regulariser": regulariser,
-               "probe/state_r2": probe.get("state_r2")}
+               "probe/state_r2": probe.get("state_r2"), "estimate/model_return": model_return}
     report.log_hparams(writer, hparams, metrics, cfg.agent.steps)
 
 
