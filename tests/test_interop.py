@@ -73,7 +73,7 @@ def test_verify_without_manifest_names_a_broken_file(tmp_path, capsys):
     (d / "1-12.npz").write_bytes(b"not an npz")
     assert cli(["verify", str(d)]) == 1
     captured = capsys.readouterr()
-    assert "1-12.npz: unreadable" in captured.err and "2 of 3 episode files is valid" in captured.out
+    assert "1-12.npz: not an episode file" in captured.err and "2 of 3 episode files is valid" in captured.out
 
 
 def test_render_settings_of_a_dataset(tmp_path, tiny_dataset):
