@@ -33,6 +33,16 @@ class WorldModelConfig:
     """Number K of prior heads p_k(z | h); LOMPO uses 7."""
     min_std: float = 0.1
     """Lower bound on the latent standard deviations, keeps KLs finite."""
+    gru_norm: bool = False
+    """True: the RSSM's recurrent cell is DreamerV2's layer-normalised GRU (nets.LayerNormGRUCell, after
+    dreamerv2/common/nets.py GRUCell with norm and NM512/dreamerv3-torch networks.py GRUCell): one linear layer on
+    [input, h] to 3 x deter, a LayerNorm over them, reset / candidate / update gates with the update's bias at -1.
+    False: torch's nn.GRUCell (LOMPO)."""
+    norm: str = "none"
+    """'layer': a channel LayerNorm after every conv and transposed conv of the image encoder and decoder but the
+    output one (DreamerV3 dreamerv3/nets.py, dreamerv3-torch networks.py ImgChLayerNorm), and a LayerNorm after every
+    hidden linear layer of the RSSM, the reward head and the world model's other MLPs (dreamerv3-torch networks.py
+    MLP), each before its activation. 'none': no normalisation (LOMPO)."""
     kl_scale: float = 1.0
     """Weight of the KL term of the ELBO."""
     kl_free: float = 0.0
@@ -310,10 +320,16 @@ def resolve(preset: str = "cpu", env: str = "walker-walk", overrides: dict | Non
     return cfg
 
 
+def validate_world_model(wm: WorldModelConfig) -> None:
+    if wm.norm not in ("none", "layer"):
+        raise ValueError(f"config key 'wm.norm': {wm.norm!r}; expected 'none' or 'layer'")
+
+
 def validate(cfg: Config) -> None:
     from latent_combo.envs import RENDER_SETTINGS, check_env_id
 
     check_env_id(cfg.env)
+    validate_world_model(cfg.wm)
     if cfg.algo not in ALGOS:
         raise ValueError(f"unknown algo {cfg.algo!r}; valid algos: {', '.join(ALGOS)}")
     if cfg.eval_render not in ("auto", *RENDER_SETTINGS):

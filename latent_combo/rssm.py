@@ -11,22 +11,28 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F
 
-from latent_combo.nets import EnsembleLinear
+from latent_combo.nets import NORM_EPS, EnsembleLayerNorm, EnsembleLinear, LayerNormGRUCell
 
 
 class RSSM(nn.Module):
     def __init__(self, embed: int, action_dim: int, deter: int = 256, stoch: int = 64, hidden: int = 256,
-                 ensemble: int = 7, min_std: float = 0.1):
+                 ensemble: int = 7, min_std: float = 0.1, gru_norm: bool = False, norm: bool = False):
+        """`gru_norm`: DreamerV2's layer-normalised GRU cell instead of nn.GRUCell; `norm`: a LayerNorm after each
+        hidden linear layer (input, posterior and prior MLPs), before its activation (WorldModelConfig)."""
         super().__init__()
         self.deter, self.stoch, self.ensemble, self.min_std = deter, stoch, ensemble, min_std
         self.img_in = nn.Linear(stoch + action_dim, hidden)
-        self.gru = nn.GRUCell(hidden, deter)
+        self.gru = LayerNormGRUCell(hidden, deter) if gru_norm else nn.GRUCell(hidden, deter)
         # Posterior input layer split in two so the embed half runs once over all T steps.
         self.post_h = nn.Linear(deter, hidden)
         self.post_e = nn.Linear(embed, hidden, bias=False)
         self.post_out = nn.Linear(hidden, 2 * stoch)
         self.prior_hidden = EnsembleLinear(ensemble, deter, hidden)
         self.prior_out = EnsembleLinear(ensemble, hidden, 2 * stoch)
+        # Identity when off: no parameters, so checkpoints without the norm keep their keys.
+        self.img_norm = nn.LayerNorm(hidden, eps=NORM_EPS) if norm else nn.Identity()
+        self.post_norm = nn.LayerNorm(hidden, eps=NORM_EPS) if norm else nn.Identity()
+        self.prior_norm = EnsembleLayerNorm(ensemble, hidden) if norm else nn.Identity()
 
     @property
     def feat_dim(self) -> int:
@@ -42,13 +48,13 @@ class RSSM(nn.Module):
         return mean, F.softplus(std) + self.min_std
 
     def _step_h(self, state: dict, action: torch.Tensor) -> torch.Tensor:
-        x = F.elu(self.img_in(torch.cat([state["z"], action], -1)))
+        x = F.elu(self.img_norm(self.img_in(torch.cat([state["z"], action], -1))))
         return self.gru(x, state["h"])
 
     def prior_stats(self, h: torch.Tensor, head: int | None = None):
         """Mean and std of every prior head, shape (K, N, stoch); or of one head, (N, stoch)."""
         flat = h.reshape(-1, self.deter)
-        x = F.elu(self.prior_hidden(flat.unsqueeze(0).expand(self.ensemble, -1, -1)))
+        x = F.elu(self.prior_norm(self.prior_hidden(flat.unsqueeze(0).expand(self.ensemble, -1, -1))))
         mean, std = self._stats(self.prior_out(x))
         shape = (self.ensemble, *h.shape[:-1], self.stoch)
         mean, std = mean.reshape(shape), std.reshape(shape)
@@ -66,7 +72,7 @@ class RSSM(nn.Module):
             # Reset at episode starts by masking, so windows may span resets (dreamerv3 rssm.py).
             state = {k: v * keep[:, t] for k, v in state.items()}
             h = self._step_h(state, action[:, t] * keep[:, t])
-            mean, std = self._stats(self.post_out(F.elu(self.post_h(h) + post_e[:, t])))
+            mean, std = self._stats(self.post_out(F.elu(self.post_norm(self.post_h(h) + post_e[:, t]))))
             z = mean + std * torch.randn_like(std)
             state = {"h": h, "z": z}
             hs.append(h)

@@ -11,47 +11,56 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latent_combo.nets import mlp
+from latent_combo.nets import ChannelNorm, mlp
 from latent_combo.rssm import RSSM
 
 
 class ConvEncoder(nn.Module):
-    """(N, 3, 64, 64) in [-0.5, 0.5] -> (N, 32 * depth): four 4x4 stride-2 convs (Dreamer)."""
+    """(N, 3, 64, 64) in [-0.5, 0.5] -> (N, 32 * depth): four 4x4 stride-2 convs (Dreamer); `norm`: a channel
+    LayerNorm after each conv, before its activation (DreamerV3)."""
 
-    def __init__(self, depth: int = 32):
+    def __init__(self, depth: int = 32, norm: bool = False):
         super().__init__()
         chans = [3, depth, 2 * depth, 4 * depth, 8 * depth]
         self.convs = nn.ModuleList(nn.Conv2d(i, o, 4, 2) for i, o in zip(chans[:-1], chans[1:]))
+        self.norms = nn.ModuleList(ChannelNorm(o) for o in chans[1:]) if norm else None
         self.out_dim = 32 * depth
 
     def forward(self, x):
-        for conv in self.convs:
-            x = F.elu(conv(x))
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            x = F.elu(x if self.norms is None else self.norms[i](x))
         return x.flatten(1)
 
 
 class ConvDecoder(nn.Module):
-    """feat -> (N, 3, 64, 64) image mean: linear to 1x1, then 5-5-6-6 transposed convs (Dreamer)."""
+    """feat -> (N, 3, 64, 64) image mean: linear to 1x1, then 5-5-6-6 transposed convs (Dreamer); `norm`: a
+    channel LayerNorm after each transposed conv but the output one, before its activation (DreamerV3)."""
 
-    def __init__(self, feat_dim: int, depth: int = 32):
+    def __init__(self, feat_dim: int, depth: int = 32, norm: bool = False):
         super().__init__()
         self.fc = nn.Linear(feat_dim, 32 * depth)
         chans, kernels = [32 * depth, 4 * depth, 2 * depth, depth, 3], [5, 5, 6, 6]
         self.deconvs = nn.ModuleList(nn.ConvTranspose2d(i, o, k, 2)
                                      for i, o, k in zip(chans[:-1], chans[1:], kernels))
+        self.norms = nn.ModuleList(ChannelNorm(o) for o in chans[1:-1]) if norm else None
+
+    def _act(self, x, i: int):
+        return F.elu(x if self.norms is None else self.norms[i](x))
 
     def forward(self, feat):
         # On a 1x1 input the first transposed conv is a plain matmul; as one it runs ~15% faster
         # per update on CPU (same parameters, same outputs).
         first = self.deconvs[0]
         x = self.fc(feat) @ first.weight.flatten(1)
-        x = F.elu(x.view(-1, *first.weight.shape[1:]) + first.bias.view(1, -1, 1, 1))
-        # channels_last (as the weights, see WorldModel): the transposed convs ran ~15% faster on CPU.
-        x = x.contiguous(memory_format=torch.channels_last)
-        for i, deconv in enumerate(self.deconvs[1:]):
+        x = x.view(-1, *first.weight.shape[1:]) + first.bias.view(1, -1, 1, 1)
+        # channels_last (as the weights, see WorldModel): the transposed convs ran ~15% faster on CPU. (Before the
+        # norm, whose per-pixel view of the channels is then contiguous; elementwise, so the same values.)
+        x = self._act(x.contiguous(memory_format=torch.channels_last), 0)
+        for i, deconv in enumerate(self.deconvs[1:], 1):
             x = deconv(x)
-            if i < len(self.deconvs) - 2:
-                x = F.elu(x)
+            if i < len(self.deconvs) - 1:
+                x = self._act(x, i)
         return x
 
 
@@ -59,30 +68,34 @@ class WorldModel(nn.Module):
     def __init__(self, cfg, obs: str, action_dim: int, state_dim: int | None = None,
                  state_mean=None, state_std=None):
         super().__init__()
-        self.obs = obs
+        from latent_combo.config import validate_world_model
+
+        validate_world_model(cfg)
+        self.obs, norm = obs, cfg.norm == "layer"
         if obs == "image":
-            self.encoder = ConvEncoder(cfg.depth)
+            self.encoder = ConvEncoder(cfg.depth, norm)
             embed = self.encoder.out_dim
         else:
             if state_dim is None:
                 raise ValueError("obs='state' needs a dataset with a 'state' key (V-D4RL folders have none)")
             embed = cfg.hidden
-            self.encoder = mlp(state_dim, cfg.hidden, embed, 2)
+            self.encoder = mlp(state_dim, cfg.hidden, embed, 2, norm=norm)
             # Normalising with dataset statistics puts every state dimension on one scale.
             self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32))
             self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32))
-        self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.stoch, cfg.hidden, cfg.ensemble, cfg.min_std)
+        self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.stoch, cfg.hidden, cfg.ensemble, cfg.min_std,
+                         gru_norm=cfg.gru_norm, norm=norm)
         feat = self.rssm.feat_dim
         if obs == "image":
-            self.decoder = ConvDecoder(feat, cfg.depth).to(memory_format=torch.channels_last)
+            self.decoder = ConvDecoder(feat, cfg.depth, norm).to(memory_format=torch.channels_last)
             self.encoder.to(memory_format=torch.channels_last)
         else:
-            self.decoder = mlp(feat, cfg.hidden, state_dim, 2)
-        self.reward = mlp(feat, cfg.hidden, 1, 2)
+            self.decoder = mlp(feat, cfg.hidden, state_dim, 2, norm=norm)
+        self.reward = mlp(feat, cfg.hidden, 1, 2, norm=norm)
         if cfg.inverse_scale > 0:
             # Inverse dynamics: a_t from the embeddings of frames t-2, t-1, t (the action changes velocities,
             # which take two frame differences to see); it asks the encoder for the joints' configuration.
-            self.inverse = mlp(3 * embed, cfg.hidden, action_dim, 2)
+            self.inverse = mlp(3 * embed, cfg.hidden, action_dim, 2, norm=norm)
         self.cfg = cfg
 
     # ----- observations -------------------------------------------------------------------------
