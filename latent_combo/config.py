@@ -50,6 +50,18 @@ class WorldModelConfig:
     kl_balance: float | None = None
     """None: plain KL (LOMPO). A number a: Dreamer-v2 balancing, share a of the gradient trains the prior
     (Dreamer-v2: 0.8)."""
+    kl_free_mode: str = "step"
+    """Where `kl_free` applies: 'step' clips each step's KL (of each prior head) below at kl_free nats, the mean
+    taken after (LOMPO's and this code's behaviour before the option; DreamerV3); 'batch' clips each head's
+    batch-mean KL (DreamerV2's free_avg, dreamerv2/configs.yaml; its dmc_vision runs 1 free nat so)."""
+    kl_dyn: float | None = None
+    """With `kl_rep`: DreamerV3's split KL (dreamerv3/nets.py RSSM.dyn_loss / rep_loss; NM512/dreamerv3-torch
+    networks.py RSSM.kl_loss),
+    kl_dyn * KL(sg(q) || p) + kl_rep * KL(q || sg(p)), each term clipped below at kl_free (per `kl_free_mode`);
+    DreamerV3 runs dyn 0.5, rep 0.1, 1 free nat per step. Set, the two replace kl_scale and kl_balance.
+    None: off."""
+    kl_rep: float | None = None
+    """The representation term's weight of DreamerV3's split KL (see kl_dyn; set both or neither)."""
     reward_scale: float = 1.0
     """Weight of the reward log-likelihood."""
     obs_scale: float = 1.0
@@ -323,6 +335,11 @@ def resolve(preset: str = "cpu", env: str = "walker-walk", overrides: dict | Non
 def validate_world_model(wm: WorldModelConfig) -> None:
     if wm.norm not in ("none", "layer"):
         raise ValueError(f"config key 'wm.norm': {wm.norm!r}; expected 'none' or 'layer'")
+    if wm.kl_free_mode not in ("step", "batch"):
+        raise ValueError(f"config key 'wm.kl_free_mode': {wm.kl_free_mode!r}; expected 'step' or 'batch'")
+    if (wm.kl_dyn is None) != (wm.kl_rep is None):
+        raise ValueError(f"config keys 'wm.kl_dyn' and 'wm.kl_rep': {wm.kl_dyn!r} and {wm.kl_rep!r}; set both "
+                         "(DreamerV3: 0.5 and 0.1) or neither")
 
 
 def validate(cfg: Config) -> None:

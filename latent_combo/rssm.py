@@ -114,10 +114,13 @@ class RSSM(nn.Module):
     def split(self, feat: torch.Tensor) -> dict:
         return {"h": feat[..., :self.deter], "z": feat[..., self.deter:]}
 
-    def kl_loss(self, post: dict, free: float, balance: float | None):
+    def kl_loss(self, post: dict, free: float, balance: float | None, free_mode: str = "step",
+                split: tuple[float, float] | None = None):
         """Mean over heads of KL(q || p_k), each head trained on it. `balance=None` is the plain KL
         (LOMPO); a number a is Dreamer-v2 balancing, a KL(sg(q) || p) + (1 - a) KL(q || sg(p)), same
-        value, gradients split between prior and posterior. `free` nats per step are not penalised.
+        value, gradients split between prior and posterior. `split=(dyn, rep)` is DreamerV3's loss instead,
+        dyn * KL(sg(q) || p) + rep * KL(q || sg(p)), each term clipped below at the free nats on its own (and
+        `balance` ignored). `free` nats are not penalised, per step or on the batch mean (`free_nats`).
         Returns (loss, kl per head (K,))."""
         p_mean, p_std = self.prior_stats(post["h"])  # (K, B, T, S)
 
@@ -126,16 +129,26 @@ class RSSM(nn.Module):
 
         q_m, q_s = post["post_mean"], post["post_std"]
         value = kl(q_m, q_s, p_m=p_mean, p_s=p_std)
-        if balance is None:
-            loss = value
+        if split is None and balance is None:
+            return free_nats(value, free, free_mode), value.mean((1, 2)).detach()
+        to_prior = kl(q_m.detach(), q_s.detach(), p_mean, p_std)
+        to_post = kl(q_m, q_s, p_mean.detach(), p_std.detach())
+        if split is not None:
+            loss = split[0] * free_nats(to_prior, free, free_mode) + split[1] * free_nats(to_post, free, free_mode)
         else:
-            to_prior = kl(q_m.detach(), q_s.detach(), p_mean, p_std)
-            to_post = kl(q_m, q_s, p_mean.detach(), p_std.detach())
-            loss = balance * to_prior + (1 - balance) * to_post
-        loss = torch.clamp(loss, min=free) if free > 0 else loss
-        return loss.mean(), value.mean((1, 2)).detach()
+            loss = free_nats(balance * to_prior + (1 - balance) * to_post, free, free_mode)
+        return loss, value.mean((1, 2)).detach()
 
     def head_log_probs(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p_k(z | h) for every head k: (K, N). LOMPO's disagreement is their std over k."""
         mean, std = self.prior_stats(h)
         return Normal(mean, std).log_prob(z.unsqueeze(0)).sum(-1)
+
+
+def free_nats(kl: torch.Tensor, free: float, mode: str = "step") -> torch.Tensor:
+    """The mean of a (K, B, T) KL with `free` nats not penalised. 'step': each step's KL clipped below at `free`
+    (DreamerV3); 'batch': each head's mean over the batch clipped (DreamerV2's free_avg, as its dmc_vision config
+    runs it). Below the free nats the term has no gradient."""
+    if mode == "batch":
+        return torch.clamp(kl.mean((1, 2)), min=free).mean() if free > 0 else kl.mean()
+    return (torch.clamp(kl, min=free) if free > 0 else kl).mean()

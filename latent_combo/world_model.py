@@ -133,8 +133,9 @@ class WorldModel(nn.Module):
         obs_dims = tuple(range(2, target.dim()))
         losses["obs"] = 0.5 * ((recon - target) ** 2).sum(obs_dims).mean()
         losses["reward"] = 0.5 * ((self.reward(post["feat"]).squeeze(-1) - batch["reward"]) ** 2).mean()
-        losses["kl"], kl_per_head = self.rssm.kl_loss(post, cfg.kl_free, cfg.kl_balance)
-        weights = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "kl": cfg.kl_scale}
+        split = None if cfg.kl_dyn is None else (cfg.kl_dyn, cfg.kl_rep)  # weighted inside: kl_scale is unused
+        losses["kl"], kl_per_head = self.rssm.kl_loss(post, cfg.kl_free, cfg.kl_balance, cfg.kl_free_mode, split)
+        weights = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "kl": 1.0 if split else cfg.kl_scale}
         if cfg.inverse_scale > 0:
             losses["inverse"] = inverse_dynamics_loss(self.inverse, embed, batch["action"], batch["is_first"])
             weights["inverse"] = cfg.inverse_scale
@@ -142,6 +143,8 @@ class WorldModel(nn.Module):
         # Detached 0-d tensors: read on log steps only (a read is a host-device sync).
         metrics = {f"wm/{k}": v.detach() for k, v in losses.items()}
         metrics.update({f"wm/kl_head{k}": v for k, v in enumerate(kl_per_head)})
+        if split:  # wm/kl is the weighted, clipped loss then; the KL itself beside it
+            metrics["wm/kl_value"] = kl_per_head.mean()
         metrics["wm/post_std"] = post["post_std"].detach().mean()
         return total, metrics, post
 

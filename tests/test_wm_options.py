@@ -36,7 +36,9 @@ def test_options_off_add_no_parameters():
     assert not [k for k in keys if "norm" in k] and "rssm.gru.weight_ih" in keys
 
 
-OPTIONS = {"gru_norm": dict(gru_norm=True), "norm": dict(norm="layer")}
+OPTIONS = {"gru_norm": dict(gru_norm=True), "norm": dict(norm="layer"),
+           "kl_split": dict(kl_dyn=0.5, kl_rep=0.1, kl_free=1.0),
+           "kl_free_batch": dict(kl_free_mode="batch", kl_free=0.1, kl_balance=0.8)}  # tiny model: KL < 1 nat
 
 
 @pytest.mark.parametrize("obs", ["image", "state"])
@@ -104,3 +106,64 @@ def test_channel_norm_normalises_each_pixel_over_channels():
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y.mean(1), torch.zeros(2, 31, 31), atol=1e-5, rtol=0)
     assert enc(x).shape == (2, enc.out_dim)
+
+
+def post_and_rssm():
+    torch.manual_seed(0)
+    wm = make_wm("image")
+    batch = make_batch()
+    post = wm.rssm.observe(wm.embed(wm.target(batch)), batch["action"], batch["is_first"])
+    return wm.rssm, post
+
+
+def test_kl_split_value_is_the_kl_when_its_weights_sum_to_one():
+    rssm, post = post_and_rssm()
+    plain, per_head = rssm.kl_loss(post, free=0.0, balance=None)
+    split, split_heads = rssm.kl_loss(post, free=0.0, balance=None, split=(0.8, 0.2))
+    torch.testing.assert_close(split, plain)
+    torch.testing.assert_close(split_heads, per_head)
+    freed, _ = rssm.kl_loss(post, free=1e6, balance=None, split=(0.5, 0.1))
+    assert freed.item() == pytest.approx(0.6e6)  # each term clipped at the free nats on its own
+
+
+@pytest.mark.parametrize("split", [(1.0, 0.0), (0.0, 1.0)])
+def test_kl_split_terms_train_only_the_prior_or_only_the_posterior(split):
+    """dyn moves the prior towards the posterior, rep the posterior towards the prior. (Both reach h, and so every
+    earlier step: only the distributions' own outputs tell them apart.)"""
+    rssm, post = post_and_rssm()
+    for k in ("post_mean", "post_std"):
+        post[k].retain_grad()
+    rssm.kl_loss(post, free=0.0, balance=None, split=split)[0].backward()
+    prior_grad = rssm.prior_out.weight.grad
+    prior_grad = 0.0 if prior_grad is None else prior_grad.abs().sum().item()
+    post_grad = sum(post[k].grad.abs().sum().item() for k in ("post_mean", "post_std"))
+    dyn_only = split[0] > 0
+    assert (prior_grad > 0) == dyn_only and (post_grad > 0) != dyn_only, (prior_grad, post_grad)
+
+
+def test_free_nats_per_step_and_on_the_batch_mean():
+    from latent_combo.rssm import free_nats
+
+    kl = torch.tensor([[[0.3, 1.5]]], requires_grad=True)  # (K, B, T) = (1, 1, 2)
+    step = free_nats(kl, 1.0, "step")
+    assert step.item() == pytest.approx(1.25)  # (max(0.3, 1) + 1.5) / 2
+    step.backward()
+    assert kl.grad.tolist() == [[[0.0, 0.5]]]  # the step under the free nats gets no gradient
+    kl.grad = None
+    batch = free_nats(kl, 1.0, "batch")
+    assert batch.item() == pytest.approx(1.0)  # the mean, 0.9, is below the free nat
+    batch.backward()
+    assert kl.grad.abs().sum() == 0
+    kl2 = torch.tensor([[[0.5, 2.5]]], requires_grad=True)
+    free_nats(kl2, 1.0, "batch").backward()
+    assert kl2.grad.tolist() == [[[0.5, 0.5]]]  # a mean above it: both steps trained
+    assert free_nats(kl2, 0.0, "batch").item() == free_nats(kl2, 0.0, "step").item() == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("override,match", [({"wm.kl_dyn": 0.5}, "set both"), ({"wm.norm": "batch"}, "wm.norm"),
+                                            ({"wm.kl_free_mode": "mean"}, "kl_free_mode")])
+def test_option_values_are_checked(override, match):
+    from latent_combo.config import resolve
+
+    with pytest.raises(ValueError, match=match):
+        resolve("debug", overrides=override)
