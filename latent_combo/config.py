@@ -66,6 +66,10 @@ class WorldModelConfig:
     """Weight of the reward log-likelihood."""
     obs_scale: float = 1.0
     """Weight of the observation (image or state) log-likelihood."""
+    decode_share: float = 1.0
+    """Share of the (B, T) frames the decoder reconstructs in each update, drawn at random: the observation loss
+    is their average, an unbiased estimate of the average over all frames, while the KL and the reward take every
+    frame. The decoder is about two thirds of an update's time; 1.0: every frame (as before the option)."""
     inverse_scale: float = 0.0
     """Weight of an inverse-dynamics loss: a_t predicted from the encoder's embeddings of frames t-2..t
     (world_model.inverse_dynamics_loss). 0: off (no head)."""
@@ -337,6 +341,8 @@ def validate_world_model(wm: WorldModelConfig) -> None:
         raise ValueError(f"config key 'wm.norm': {wm.norm!r}; expected 'none' or 'layer'")
     if wm.kl_free_mode not in ("step", "batch"):
         raise ValueError(f"config key 'wm.kl_free_mode': {wm.kl_free_mode!r}; expected 'step' or 'batch'")
+    if not 0.0 < wm.decode_share <= 1.0:
+        raise ValueError(f"config key 'wm.decode_share': {wm.decode_share}; expected in (0, 1]")
     if (wm.kl_dyn is None) != (wm.kl_rep is None):
         raise ValueError(f"config keys 'wm.kl_dyn' and 'wm.kl_rep': {wm.kl_dyn!r} and {wm.kl_rep!r}; set both "
                          "(DreamerV3: 0.5 and 0.1) or neither")

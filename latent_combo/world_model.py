@@ -120,6 +120,18 @@ class WorldModel(nn.Module):
         out = self.decoder(feat.reshape(-1, feat.shape[-1]))
         return out.reshape(*lead, *out.shape[1:])
 
+    def obs_loss(self, feat: torch.Tensor, target: torch.Tensor, share: float = 1.0) -> torch.Tensor:
+        """Observation negative log-likelihood: unit-variance Gaussian, summed over pixels / state dims, averaged over
+        the (B, T) frames. `share` < 1 decodes only that share of the frames, drawn at random without replacement
+        (torch's generator): their average is an unbiased estimate of the average over all frames."""
+        if share < 1.0:
+            n = feat.shape[0] * feat.shape[1]
+            keep = torch.randperm(n, device=feat.device)[:max(1, round(share * n))]
+            feat, target = feat.flatten(0, 1)[keep], target.flatten(0, 1)[keep]
+        recon = self.decode(feat)
+        obs_dims = tuple(range(feat.dim() - 1, target.dim()))
+        return 0.5 * ((recon - target) ** 2).sum(obs_dims).mean()
+
     # ----- the ELBO -------------------------------------------------------------------------------
     def loss(self, batch: dict):
         """Negative ELBO on a (B, T) batch of tensors. Returns (scalar, metrics, posterior states)."""
@@ -128,10 +140,7 @@ class WorldModel(nn.Module):
         embed = self.embed(target, augment=True)
         post = self.rssm.observe(embed, batch["action"], batch["is_first"])
         losses = {}
-        # Observation log-likelihood: unit-variance Gaussian, summed over pixels / state dims.
-        recon = self.decode(post["feat"])
-        obs_dims = tuple(range(2, target.dim()))
-        losses["obs"] = 0.5 * ((recon - target) ** 2).sum(obs_dims).mean()
+        losses["obs"] = self.obs_loss(post["feat"], target, cfg.decode_share)
         losses["reward"] = 0.5 * ((self.reward(post["feat"]).squeeze(-1) - batch["reward"]) ** 2).mean()
         split = None if cfg.kl_dyn is None else (cfg.kl_dyn, cfg.kl_rep)  # weighted inside: kl_scale is unused
         losses["kl"], kl_per_head = self.rssm.kl_loss(post, cfg.kl_free, cfg.kl_balance, cfg.kl_free_mode, split)

@@ -38,7 +38,8 @@ def test_options_off_add_no_parameters():
 
 OPTIONS = {"gru_norm": dict(gru_norm=True), "norm": dict(norm="layer"),
            "kl_split": dict(kl_dyn=0.5, kl_rep=0.1, kl_free=1.0),
-           "kl_free_batch": dict(kl_free_mode="batch", kl_free=0.1, kl_balance=0.8)}  # tiny model: KL < 1 nat
+           "kl_free_batch": dict(kl_free_mode="batch", kl_free=0.1, kl_balance=0.8),  # tiny model: KL < 1 nat
+           "decode_share": dict(decode_share=0.5)}
 
 
 @pytest.mark.parametrize("obs", ["image", "state"])
@@ -161,9 +162,30 @@ def test_free_nats_per_step_and_on_the_batch_mean():
 
 
 @pytest.mark.parametrize("override,match", [({"wm.kl_dyn": 0.5}, "set both"), ({"wm.norm": "batch"}, "wm.norm"),
-                                            ({"wm.kl_free_mode": "mean"}, "kl_free_mode")])
+                                            ({"wm.kl_free_mode": "mean"}, "kl_free_mode"),
+                                            ({"wm.decode_share": 0.0}, "decode_share")])
 def test_option_values_are_checked(override, match):
     from latent_combo.config import resolve
 
     with pytest.raises(ValueError, match=match):
         resolve("debug", overrides=override)
+
+
+@pytest.mark.parametrize("obs", ["image", "state"])
+def test_decoding_a_share_of_the_frames_estimates_the_full_image_loss(obs):
+    torch.manual_seed(0)
+    wm, batch = make_wm(obs), make_batch()
+    with torch.no_grad():
+        target = wm.target(batch)
+        feat = wm.rssm.observe(wm.embed(target), batch["action"], batch["is_first"])["feat"]
+        recon = wm.decode(feat)
+        full = 0.5 * ((recon - target) ** 2).flatten(2).sum(-1).mean()  # the loss as written before the option
+        rng_before = torch.get_rng_state()
+        assert wm.obs_loss(feat, target, 1.0).item() == full.item()
+        assert torch.equal(torch.get_rng_state(), rng_before)  # share 1 draws nothing: training streams unchanged
+        halves = torch.stack([wm.obs_loss(feat, target, 0.5) for _ in range(400)])
+    per_frame = 0.5 * ((recon - target) ** 2).flatten(2).sum(-1).flatten()  # 18 frames, 9 drawn each time
+    assert not torch.allclose(halves, halves[0])  # a different half each draw
+    # Unbiased: the mean over draws is within 4 standard errors of the full loss.
+    se = per_frame.std(correction=0) * ((18 - 9) / (18 - 1) / 9) ** 0.5 / 400 ** 0.5  # without replacement
+    assert abs(halves.mean() - full) < 4 * se, (halves.mean(), full, se)
