@@ -189,3 +189,38 @@ def test_decoding_a_share_of_the_frames_estimates_the_full_image_loss(obs):
     # Unbiased: the mean over draws is within 4 standard errors of the full loss.
     se = per_frame.std(correction=0) * ((18 - 9) / (18 - 1) / 9) ** 0.5 / 400 ** 0.5  # without replacement
     assert abs(halves.mean() - full) < 4 * se, (halves.mean(), full, se)
+
+
+@pytest.mark.parametrize("option", ["off", "all"])
+def test_bf16_autocast_runs_a_world_model_update_on_cpu(tmp_path, tiny_dataset, option):
+    """precision=bf16 on CPU (not the default there): the training loop's updates run, the losses are finite and the
+    KL is taken in fp32."""
+    import dataclasses
+
+    from latent_combo.utils import autocast
+
+    opts = {} if option == "off" else {k: v for o in OPTIONS.values() for k, v in o.items()}
+    cfg = tiny_cfg(**opts)
+    torch.manual_seed(0)
+    wm = make_wm("image", cfg)
+    with autocast(torch.device("cpu"), "bf16"):
+        total, m, _ = wm.loss(make_batch())
+    total.backward()
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in m.values()) and m["wm/kl"].dtype == torch.float32
+    assert all(torch.isfinite(p.grad).all() for p in wm.parameters() if p.grad is not None)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from latent_combo.data import OfflineDataset
+    from latent_combo.runs import load_checkpoint
+    from latent_combo.world_model_training import build_world_model, train_world_model
+
+    cfg = dataclasses.replace(tiny_cfg(steps=2, **opts), precision="bf16")
+    ds = OfflineDataset(tiny_dataset)
+    model = build_world_model(cfg, ds, torch.device("cpu"))
+    writer = SummaryWriter(str(tmp_path))
+    train_world_model(cfg, model, ds, tmp_path, writer, torch.device("cpu"))
+    writer.close()
+    ckpt = load_checkpoint(tmp_path / "wm.pt")
+    assert ckpt["step"] == 2 and ckpt["config"]["precision"] == "bf16"
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
