@@ -55,11 +55,10 @@ class WorldModelConfig:
     taken after (LOMPO's and this code's behaviour before the option; DreamerV3); 'batch' clips each head's
     batch-mean KL (DreamerV2's free_avg, dreamerv2/configs.yaml; its dmc_vision runs 1 free nat so)."""
     kl_dyn: float | None = None
-    """With `kl_rep`: DreamerV3's split KL (dreamerv3/nets.py RSSM.dyn_loss / rep_loss; NM512/dreamerv3-torch
-    networks.py RSSM.kl_loss),
-    kl_dyn * KL(sg(q) || p) + kl_rep * KL(q || sg(p)), each term clipped below at kl_free (per `kl_free_mode`);
-    DreamerV3 runs dyn 0.5, rep 0.1, 1 free nat per step. Set, the two replace kl_scale and kl_balance.
-    None: off."""
+    """With `kl_rep`: DreamerV3's split KL, kl_dyn * KL(sg(q) || p) + kl_rep * KL(q || sg(p)), each term clipped
+    below at kl_free (per `kl_free_mode`) on its own (dreamerv3/nets.py RSSM.dyn_loss / rep_loss, NM512/dreamerv3-torch
+    networks.py RSSM.kl_loss; DreamerV3 runs dyn 0.5, rep 0.1, 1 free nat per step). Set, the two replace kl_scale
+    and kl_balance. None: off."""
     kl_rep: float | None = None
     """The representation term's weight of DreamerV3's split KL (see kl_dyn; set both or neither)."""
     reward_scale: float = 1.0
