@@ -122,13 +122,14 @@ class RSSM(nn.Module):
         dyn * KL(sg(q) || p) + rep * KL(q || sg(p)), each term clipped below at the free nats on its own (and
         `balance` ignored). `free` nats are not penalised, per step or on the batch mean (`free_nats`).
         Returns (loss, kl per head (K,))."""
-        # In fp32 under bf16 autocast too (a no-op in fp32): CPU autocast leaves log and sum in bf16.
-        p_mean, p_std = (x.float() for x in self.prior_stats(post["h"]))  # (K, B, T, S)
+        stats = (post["post_mean"], post["post_std"], *self.prior_stats(post["h"]))  # (B, T, S), (K, B, T, S)
+        if post["h"].device.type == "cpu":  # CPU autocast leaves log and sum in bf16 (CUDA's runs them in fp32)
+            stats = tuple(x.float() for x in stats)  # a no-op in fp32
+        q_m, q_s, p_mean, p_std = stats
 
         def kl(q_m, q_s, p_m, p_s):
             return kl_divergence(Normal(q_m, q_s), Normal(p_m, p_s)).sum(-1)  # (K, B, T)
 
-        q_m, q_s = post["post_mean"].float(), post["post_std"].float()
         value = kl(q_m, q_s, p_m=p_mean, p_s=p_std)
         if split is None and balance is None:
             return free_nats(value, free, free_mode), value.mean((1, 2)).detach()
