@@ -38,7 +38,7 @@ import numpy as np
 from data_collection import policies
 from latent_combo import data
 from latent_combo.data import DatasetError, load_episode, read_metadata, save_episode, verify
-from latent_combo.envs import EPISODE_STEPS, SawyerDoor, WalkerWalk, check_env_id, make_env
+from latent_combo.envs import EPISODE_STEPS, SawyerDoor, WalkerWalk, check_env_id, check_render_settings, make_env
 from latent_combo.runs import FLAVOURS
 
 # Flavours whose episode i depends on the requested count (the medium/expert split, the replay spacing
@@ -135,7 +135,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(env_id: str, pols: dict, parts: list, out: str, seed: int, max_steps: int | None,
-                 in_pool: bool = True) -> None:
+                 render: str = "fast", in_pool: bool = True) -> None:
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
         try:
@@ -144,7 +144,7 @@ def _init_worker(env_id: str, pols: dict, parts: list, out: str, seed: int, max_
             torch.set_num_threads(1)
         except ImportError:  # pragma: no cover
             pass
-    env = make_env(behaviour_env(env_id), render=True)
+    env = make_env(behaviour_env(env_id), render=True, render_settings=render)
     if max_steps:
         env.max_steps = max_steps
     _WORKER.update(env=env, env_id=env_id, policies=pols, parts=parts, out=Path(out), seed=seed,
@@ -188,10 +188,11 @@ def _episode_ok(path: Path, steps: int, action_dim: int) -> bool:
     return len(ep["reward"]) == steps + 1 and ep["action"].shape[1] == action_dim
 
 
-def _command(env_id, flavour, episodes, seed, max_steps, out) -> str:
+def _command(env_id, flavour, episodes, seed, max_steps, out, render="fast") -> str:
     cmd = ["latent-combo", "collect", "--env", env_id, "--flavour", flavour, "--episodes", str(episodes),
            "--seed", str(seed), "--out", str(out)]
-    return shlex.join(cmd + (["--max-steps", str(max_steps)] if max_steps else []))
+    cmd += ["--max-steps", str(max_steps)] if max_steps else []
+    return shlex.join(cmd + (["--render", render] if render != "fast" else []))
 
 
 def _algorithm_name(pols: dict) -> str:
@@ -221,6 +222,7 @@ def _clear(out: Path) -> None:
 
 
 def _config_mismatch(old: dict, new: dict) -> list[str]:
+    old = {"render": "fast", **old}  # recorded before --render existed: every such collection rendered fast
     keys = [k for k in new if k != "episodes" or new["flavour"] in COUNT_DEPENDENT]
     return [f"{k}: {old.get(k)!r} on disk, {new[k]!r} requested" for k in keys if old.get(k) != new[k]]
 
@@ -236,8 +238,10 @@ def is_complete(out: Path, episodes: int) -> bool:
 
 
 def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int = 0, workers: int | None = None,
-            force: bool = False, max_steps: int | None = None, progress: bool = True) -> Path:
-    """Build (or finish building) the dataset `out` (default data/ENV/FLAVOUR); returns its folder."""
+            force: bool = False, max_steps: int | None = None, progress: bool = True, render: str = "fast") -> Path:
+    """Build (or finish building) the dataset `out` (default data/ENV/FLAVOUR); returns its folder. `render`: how
+    the frames are rendered (envs.RENDER_SETTINGS: 'fast', or 'default', MuJoCo's own settings with multisampling
+    and shadows, as V-D4RL's frames were), recorded in metadata.json."""
     from tqdm import tqdm
 
     pols, parts = plan(env_id, flavour, episodes)
@@ -247,7 +251,9 @@ def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int 
         raise ValueError(f"--max-steps must be at least 1, got {max_steps}")
     steps = min(max_steps or EPISODE_STEPS[env_id], EPISODE_STEPS[env_id])
     max_steps = max_steps if steps < EPISODE_STEPS[env_id] else None
+    check_render_settings(render)
     config = {"env": env_id, "flavour": flavour, "seed": seed, "max_steps": max_steps, "episodes": episodes,
+              "render": render,
               "policies": {k: p.describe() for k, p in pols.items()}}
     out.mkdir(parents=True, exist_ok=True)
     if force:
@@ -289,7 +295,7 @@ def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int 
     t0 = time.time()
     bar = tqdm(total=episodes, initial=episodes - len(todo), desc=f"collect {env_id} {flavour}",
                unit="ep", disable=not progress or not todo)
-    initargs = (env_id, pols, parts, str(out), seed, max_steps)
+    initargs = (env_id, pols, parts, str(out), seed, max_steps, render)
     try:
         if todo and workers == 1:
             _init_worker(*initargs, in_pool=False)
@@ -320,12 +326,12 @@ def collect(env_id: str, flavour: str, episodes: int = 200, out=None, seed: int 
                 if env_id == "sawyer-door-close" else
                 "sparse success (1.0 on steps where the door is open)" if env_id == "sawyer-door"
                 else "dm_control walker-walk reward summed over the action repeat"),
-        command=_command(env_id, flavour, episodes, seed, max_steps, out), argv=shlex.join(sys.argv),
+        command=_command(env_id, flavour, episodes, seed, max_steps, out, render), argv=shlex.join(sys.argv),
         collect_config=config, collect_seconds=round(time.time() - t0, 1), workers=workers,
     )
     if flavour == "medium-replay" and hasattr(pols["medium-replay"], "entries"):
         meta_fields["replay_entries"] = pols["medium-replay"].entries(episodes).tolist()
-    data.write_metadata(out, render="fast", **meta_fields)  # frames made with envs.apply_render_settings(fast)
+    data.write_metadata(out, render=render, **meta_fields)  # frames made with envs.apply_render_settings(render)
     (out / CONFIG).unlink(missing_ok=True)  # metadata.json's collect_config takes over
     return out
 

@@ -92,7 +92,7 @@ def cmd_collect(a) -> int:
 
     try:
         out = collect(a.env, a.flavour, a.episodes, out=a.out, seed=a.seed, workers=a.workers, force=a.force,
-                      max_steps=a.max_steps)
+                      max_steps=a.max_steps, render=a.render)
     except KeyboardInterrupt:
         print("\ninterrupted: finished episodes are kept; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: the core count)")
     s.add_argument("--force", action="store_true", help="rebuild an existing dataset from scratch")
     s.add_argument("--max-steps", type=int, default=None, help="truncate episodes to N agent steps (tests)")
+    s.add_argument("--render", default="fast", choices=RENDER_SETTINGS,
+                   help="how frames are rendered: 'fast' (no multisampling, no shadows; our datasets) or 'default' "
+                        "(MuJoCo's own settings, as V-D4RL's frames); recorded in metadata.json")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("info", help="episodes, transitions, Batch Mean / Max of returns, success rate")

@@ -33,6 +33,16 @@ class WorldModelConfig:
     """Number K of prior heads p_k(z | h); LOMPO uses 7."""
     min_std: float = 0.1
     """Lower bound on the latent standard deviations, keeps KLs finite."""
+    gru_norm: bool = False
+    """True: the RSSM's recurrent cell is DreamerV2's layer-normalised GRU (nets.LayerNormGRUCell, after
+    dreamerv2/common/nets.py GRUCell with norm and NM512/dreamerv3-torch networks.py GRUCell): one linear layer on
+    [input, h] to 3 x deter, a LayerNorm over them, reset / candidate / update gates with the update's bias at -1.
+    False: torch's nn.GRUCell (LOMPO)."""
+    norm: str = "none"
+    """'layer': a channel LayerNorm after every conv and transposed conv of the image encoder and decoder but the
+    output one (DreamerV3 dreamerv3/nets.py, dreamerv3-torch networks.py ImgChLayerNorm), and a LayerNorm after every
+    hidden linear layer of the RSSM, the reward head and the world model's other MLPs (dreamerv3-torch networks.py
+    MLP), each before its activation. 'none': no normalisation (LOMPO)."""
     kl_scale: float = 1.0
     """Weight of the KL term of the ELBO."""
     kl_free: float = 0.0
@@ -40,10 +50,25 @@ class WorldModelConfig:
     kl_balance: float | None = None
     """None: plain KL (LOMPO). A number a: Dreamer-v2 balancing, share a of the gradient trains the prior
     (Dreamer-v2: 0.8)."""
+    kl_free_mode: str = "step"
+    """Where `kl_free` applies: 'step' clips each step's KL (of each prior head) below at kl_free nats, the mean
+    taken after (LOMPO's and this code's behaviour before the option; DreamerV3); 'batch' clips each head's
+    batch-mean KL (DreamerV2's free_avg, dreamerv2/configs.yaml; its dmc_vision runs 1 free nat so)."""
+    kl_dyn: float | None = None
+    """With `kl_rep`: DreamerV3's split KL, kl_dyn * KL(sg(q) || p) + kl_rep * KL(q || sg(p)), each term clipped
+    below at kl_free (per `kl_free_mode`) on its own (dreamerv3/nets.py RSSM.dyn_loss / rep_loss, NM512/dreamerv3-torch
+    networks.py RSSM.kl_loss; DreamerV3 runs dyn 0.5, rep 0.1, 1 free nat per step). Set, the two replace kl_scale
+    and kl_balance. None: off."""
+    kl_rep: float | None = None
+    """The representation term's weight of DreamerV3's split KL (see kl_dyn; set both or neither)."""
     reward_scale: float = 1.0
     """Weight of the reward log-likelihood."""
     obs_scale: float = 1.0
     """Weight of the observation (image or state) log-likelihood."""
+    decode_share: float = 1.0
+    """Share of the (B, T) frames the decoder reconstructs in each update, drawn at random: the observation loss
+    is their average, an unbiased estimate of the average over all frames, while the KL and the reward take every
+    frame. The decoder is about two thirds of an update's time; 1.0: every frame (as before the option)."""
     inverse_scale: float = 0.0
     """Weight of an inverse-dynamics loss: a_t predicted from the encoder's embeddings of frames t-2..t
     (world_model.inverse_dynamics_loss). 0: off (no head)."""
@@ -310,10 +335,23 @@ def resolve(preset: str = "cpu", env: str = "walker-walk", overrides: dict | Non
     return cfg
 
 
+def validate_world_model(wm: WorldModelConfig) -> None:
+    if wm.norm not in ("none", "layer"):
+        raise ValueError(f"config key 'wm.norm': {wm.norm!r}; expected 'none' or 'layer'")
+    if wm.kl_free_mode not in ("step", "batch"):
+        raise ValueError(f"config key 'wm.kl_free_mode': {wm.kl_free_mode!r}; expected 'step' or 'batch'")
+    if not 0.0 < wm.decode_share <= 1.0:
+        raise ValueError(f"config key 'wm.decode_share': {wm.decode_share}; expected in (0, 1]")
+    if (wm.kl_dyn is None) != (wm.kl_rep is None):
+        raise ValueError(f"config keys 'wm.kl_dyn' and 'wm.kl_rep': {wm.kl_dyn!r} and {wm.kl_rep!r}; set both "
+                         "(DreamerV3: 0.5 and 0.1) or neither")
+
+
 def validate(cfg: Config) -> None:
     from latent_combo.envs import RENDER_SETTINGS, check_env_id
 
     check_env_id(cfg.env)
+    validate_world_model(cfg.wm)
     if cfg.algo not in ALGOS:
         raise ValueError(f"unknown algo {cfg.algo!r}; valid algos: {', '.join(ALGOS)}")
     if cfg.eval_render not in ("auto", *RENDER_SETTINGS):

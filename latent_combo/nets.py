@@ -8,15 +8,54 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# LayerNorm epsilon of the world model's normalised layers (dreamerv3-torch networks.py uses 1e-3 throughout).
+NORM_EPS = 1e-3
 
-def mlp(inp: int, hidden: int, out: int, layers: int = 2, act=nn.ELU) -> nn.Sequential:
-    """`layers` hidden layers of width `hidden`, then a linear output."""
+
+def mlp(inp: int, hidden: int, out: int, layers: int = 2, act=nn.ELU, norm: bool = False) -> nn.Sequential:
+    """`layers` hidden layers of width `hidden`, then a linear output. `norm`: a LayerNorm after each hidden linear,
+    before its activation (dreamerv3-torch networks.py MLP)."""
     mods, d = [], inp
     for _ in range(layers):
-        mods += [nn.Linear(d, hidden), act()]
+        mods += [nn.Linear(d, hidden), *([nn.LayerNorm(hidden, eps=NORM_EPS)] if norm else []), act()]
         d = hidden
     mods.append(nn.Linear(d, out))
     return nn.Sequential(*mods)
+
+
+class LayerNormGRUCell(nn.Module):
+    """DreamerV2's GRU cell (dreamerv2/common/nets.py GRUCell with norm; dreamerv3-torch networks.py GRUCell): one
+    linear layer maps [x, h] to the pre-activations of the three gates, a LayerNorm normalises all 3 x size of them
+    together, then reset r = sigmoid(.), candidate c = tanh(r * .), update u = sigmoid(. + update_bias) and
+    h' = u c + (1 - u) h. The bias of -1 starts the cell mostly keeping h: u = sigmoid(-1) = 0.27 at a zero
+    pre-activation. Called as nn.GRUCell is: cell(x, h) -> h'."""
+
+    def __init__(self, inp: int, size: int, update_bias: float = -1.0):
+        super().__init__()
+        self.linear = nn.Linear(inp + size, 3 * size, bias=False)  # the LayerNorm's shift is the bias
+        self.norm = nn.LayerNorm(3 * size, eps=NORM_EPS)
+        self.update_bias = update_bias
+
+    def gates(self, x: torch.Tensor, h: torch.Tensor):
+        """(reset, candidate, update), each (N, size)."""
+        reset, cand, update = self.norm(self.linear(torch.cat([x, h], -1))).chunk(3, -1)
+        reset = torch.sigmoid(reset)
+        return reset, torch.tanh(reset * cand), torch.sigmoid(update + self.update_bias)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        _, cand, update = self.gates(x, h)
+        return update * cand + (1 - update) * h
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of an (N, C, H, W) map (dreamerv3-torch networks.py ImgChLayerNorm).
+    On a channels_last tensor the (N, H, W, C) view it normalises is contiguous, and the output stays channels_last."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=NORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class EnsembleLinear(nn.Module):
@@ -30,6 +69,18 @@ class EnsembleLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim of (K, N, d), each of the K members with its own gain and shift."""
+
+    def __init__(self, k: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(k, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(k, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:], eps=NORM_EPS), self.weight)
 
 
 class Standardise(nn.Module):

@@ -1,7 +1,8 @@
 """Does the world model see? Probes from the agent's latent features to the true state the datasets store.
 
 - state R²: ridge regression from posterior features to the state, fitted on 80% of the episodes and
-  scored on the rest (per dimension, and in the state's own units as RMSE);
+  scored on the rest (per dimension, and in the state's own units as RMSE). The headline reads the posterior's
+  mean, (h, mean of z); `state_r2_sample` reads (h, a sample of z), the features the agent sees;
 - open-loop R² at horizons 1, 5, 15: prior rollouts with the real actions from filtered states, mapped to
   state by the same regression;
 - reward error of the reward head on held-out posterior and one-step prior features;
@@ -30,11 +31,12 @@ STATE_GROUPS = {
 
 @torch.no_grad()
 def encode_for_probe(wm, dataset, device, rng: np.random.Generator, chunk: int = 32) -> dict:
-    """Per step of every episode: posterior features, one-step prior features (same h, z drawn from a
-    random prior head), the true state and reward, the episode index. Step 0 of each episode is left
-    out (its prior comes from the reset state, not from a filtered one)."""
+    """Per step of every episode: posterior features (h, a sample of z), the posterior's mean features (h, mean
+    of z), one-step prior features (same h, z drawn from a random prior head), the true state and reward, the
+    episode index. Step 0 of each episode is left out (its prior comes from the reset state, not from a filtered
+    one)."""
     wm.eval()
-    rssm, parts = wm.rssm, {k: [] for k in ("post", "prior", "state", "reward", "episode", "step")}
+    rssm, parts = wm.rssm, {k: [] for k in ("post", "post_mean", "prior", "state", "reward", "episode", "step")}
     for lo in range(0, len(dataset), chunk):
         eps = [dataset.episode(i) for i in range(lo, min(lo + chunk, len(dataset)))]
         b = padded_episodes(eps, (wm.obs, "action", "is_first"), device)
@@ -45,9 +47,11 @@ def encode_for_probe(wm, dataset, device, rng: np.random.Generator, chunk: int =
         mean, std = mean.gather(0, idx)[0], std.gather(0, idx)[0]
         z_prior = mean + std * torch.randn_like(std)
         prior = torch.cat([post["h"], z_prior], -1)
+        post_mean = torch.cat([post["h"], post["post_mean"]], -1)
         for j, e in enumerate(eps):
             t = len(e["reward"])
             parts["post"].append(post["feat"][j, 1:t].cpu().numpy())
+            parts["post_mean"].append(post_mean[j, 1:t].cpu().numpy())
             parts["prior"].append(prior[j, 1:t].cpu().numpy())
             parts["state"].append(e["state"][1:t])
             parts["reward"].append(e["reward"][1:t])
@@ -158,7 +162,8 @@ def open_loop_r2(wm, dataset, data: dict, test_eps, probe, dims, device, rng, ev
 
 def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 0.2, nonlinear: bool = False) -> dict:
     """Every probe figure as a flat dict (see the module docstring); {} with a reason for a dataset
-    without `state`. `nonlinear` adds `state_r2_mlp` (an MLP's held-out R², about a minute more)."""
+    without `state`. `nonlinear` adds `state_r2_mlp` (an MLP's held-out R² from the posterior-mean features, about a
+    minute more)."""
     if "state" not in dataset.arrays:
         return {"skipped": f"{dataset.directory}: no 'state' key in the episodes (e.g. V-D4RL): nothing to probe"}
     rng = np.random.default_rng(seed)
@@ -174,11 +179,14 @@ def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 
             raise ValueError(f"{dataset.directory}: the probe needs at least 2 episodes")
         y = data["state"]
         dims = varying_dims(y)
+        # The headline from the posterior mean; the sample's probe also reads the open-loop rollouts (samples too).
         probe = fit_state_probe(data["post"][train], y[train])
-        pred = probe.predict(data["post"][test])
+        sample_r2 = r2_per_dim(y[test], probe.predict(data["post"][test]), dims)
+        pred = fit_state_probe(data["post_mean"][train], y[train]).predict(data["post_mean"][test])
         r2 = r2_per_dim(y[test], pred, dims)
         rmse = np.sqrt(((pred - y[test]) ** 2).mean(0))
-        out = {"state_r2": float(r2.mean()), "episodes_train": int(len(dataset) - n_test),
+        out = {"state_r2": float(r2.mean()), "state_r2_sample": float(sample_r2.mean()),
+               "episodes_train": int(len(dataset) - n_test),
                "episodes_test": int(n_test), "dims_scored": dims.tolist(),
                "state_r2_dims": [float(v) for v in r2], "state_rmse_dims": [float(v) for v in rmse]}
         for name, group in STATE_GROUPS.get(env, {}).items():
@@ -197,7 +205,8 @@ def run_probe(wm, dataset, env: str, device, seed: int = 0, test_share: float = 
         out["separability"] = separability(data["post"][train], data["prior"][train], data["post"][test],
                                            data["prior"][test], rng)
         if nonlinear:  # last: its draws from rng leave every other figure as without it
-            out["state_r2_mlp"] = nonlinear_r2(data["post"][train], y[train], data["post"][test], y[test], dims, rng)
+            out["state_r2_mlp"] = nonlinear_r2(data["post_mean"][train], y[train], data["post_mean"][test], y[test],
+                                               dims, rng)
     return out
 
 
@@ -207,9 +216,11 @@ def format_probe(p: dict) -> str:
         return f"probe skipped: {p['skipped']}"
     drift = {k[len("state_r2_from_step_"):]: v for k, v in p.items() if k.startswith("state_r2_from_step_")}
     groups = " ".join(f"{k[len('state_r2_'):]} {v:.3f}" for k, v in p.items() if k.startswith("state_r2_")
-                      and k not in ("state_r2_dims", "state_r2_mlp") and not k.startswith("state_r2_from_step_"))
+                      and k not in ("state_r2_dims", "state_r2_mlp", "state_r2_sample")
+                      and not k.startswith("state_r2_from_step_"))
     lines = [f"state R² {p['state_r2']:.3f} held out ({p['episodes_test']} of "
              f"{p['episodes_train'] + p['episodes_test']} episodes){' | ' + groups if groups else ''}",
+             f"  from the posterior mean; from a sample of z (what the agent sees) {p['state_r2_sample']:.3f}",
              *([f"nonlinear (MLP) state R² {p['state_r2_mlp']:.3f}"] if "state_r2_mlp" in p else []),
              "open-loop R² " + "  ".join(f"h{h} {p[f'open_loop_r2_h{h}']:.3f}" for h in HORIZONS
                                          if f"open_loop_r2_h{h}" in p),

@@ -94,9 +94,12 @@ DESCRIPTIONS = {
                                "last point of eval/success_rate): the HParams dashboard's metric",
     "eval/final_return_mean": "the final evaluation's mean return alone (also the last point of eval/return_mean)",
     "agent/final_regulariser": "the regulariser at the end of training (selection rule's value)",
-    "probe/state_r2": "held-out R² of a ridge regression from latent features to the true state (mean over dims)",
+    "probe/state_r2": "held-out R² of a ridge regression from the posterior's mean features (h, mean of z) to the "
+                      "true state (mean over dims)",
+    "probe/state_r2_sample": "the same from (h, a sample of z), the features the agent sees",
     "probe/open_loop_r2_h{h}": "held-out state R² read from prior rollouts h steps after a filtered state",
-    "probe/state_r2_mlp": "held-out R² of an MLP (256 x 256) from latent features to the state (mean over dims)",
+    "probe/state_r2_mlp": "held-out R² of an MLP (256 x 256) from the posterior's mean features to the state (mean "
+                          "over dims)",
     "probe/state_r2_from_step_{k}": "held-out state R² (1 - MSE / variance of all held-out steps) over the steps from "
                                     "k to the next window's start (1, 24, 100, 250): drift of the filtered state",
     "probe/state_r2_{name}": "held-out state R² over one named group of state dimensions",

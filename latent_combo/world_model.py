@@ -11,47 +11,55 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latent_combo.nets import mlp
+from latent_combo.nets import ChannelNorm, mlp
 from latent_combo.rssm import RSSM
 
 
 class ConvEncoder(nn.Module):
-    """(N, 3, 64, 64) in [-0.5, 0.5] -> (N, 32 * depth): four 4x4 stride-2 convs (Dreamer)."""
+    """(N, 3, 64, 64) in [-0.5, 0.5] -> (N, 32 * depth): four 4x4 stride-2 convs (Dreamer); `norm`: a channel
+    LayerNorm after each conv, before its activation (DreamerV3)."""
 
-    def __init__(self, depth: int = 32):
+    def __init__(self, depth: int = 32, norm: bool = False):
         super().__init__()
         chans = [3, depth, 2 * depth, 4 * depth, 8 * depth]
         self.convs = nn.ModuleList(nn.Conv2d(i, o, 4, 2) for i, o in zip(chans[:-1], chans[1:]))
+        self.norms = nn.ModuleList(ChannelNorm(o) for o in chans[1:]) if norm else None
         self.out_dim = 32 * depth
 
     def forward(self, x):
-        for conv in self.convs:
-            x = F.elu(conv(x))
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            x = F.elu(x if self.norms is None else self.norms[i](x))
         return x.flatten(1)
 
 
 class ConvDecoder(nn.Module):
-    """feat -> (N, 3, 64, 64) image mean: linear to 1x1, then 5-5-6-6 transposed convs (Dreamer)."""
+    """feat -> (N, 3, 64, 64) image mean: linear to 1x1, then 5-5-6-6 transposed convs (Dreamer); `norm`: a
+    channel LayerNorm after each transposed conv but the output one, before its activation (DreamerV3)."""
 
-    def __init__(self, feat_dim: int, depth: int = 32):
+    def __init__(self, feat_dim: int, depth: int = 32, norm: bool = False):
         super().__init__()
         self.fc = nn.Linear(feat_dim, 32 * depth)
         chans, kernels = [32 * depth, 4 * depth, 2 * depth, depth, 3], [5, 5, 6, 6]
         self.deconvs = nn.ModuleList(nn.ConvTranspose2d(i, o, k, 2)
                                      for i, o, k in zip(chans[:-1], chans[1:], kernels))
+        self.norms = nn.ModuleList(ChannelNorm(o) for o in chans[1:-1]) if norm else None
+
+    def _act(self, x, i: int):
+        return F.elu(x if self.norms is None else self.norms[i](x))
 
     def forward(self, feat):
         # On a 1x1 input the first transposed conv is a plain matmul; as one it runs ~15% faster
         # per update on CPU (same parameters, same outputs).
         first = self.deconvs[0]
         x = self.fc(feat) @ first.weight.flatten(1)
-        x = F.elu(x.view(-1, *first.weight.shape[1:]) + first.bias.view(1, -1, 1, 1))
+        x = self._act(x.view(-1, *first.weight.shape[1:]) + first.bias.view(1, -1, 1, 1), 0)
         # channels_last (as the weights, see WorldModel): the transposed convs ran ~15% faster on CPU.
         x = x.contiguous(memory_format=torch.channels_last)
-        for i, deconv in enumerate(self.deconvs[1:]):
+        for i, deconv in enumerate(self.deconvs[1:], 1):
             x = deconv(x)
-            if i < len(self.deconvs) - 2:
-                x = F.elu(x)
+            if i < len(self.deconvs) - 1:
+                x = self._act(x, i)
         return x
 
 
@@ -59,30 +67,34 @@ class WorldModel(nn.Module):
     def __init__(self, cfg, obs: str, action_dim: int, state_dim: int | None = None,
                  state_mean=None, state_std=None):
         super().__init__()
-        self.obs = obs
+        from latent_combo.config import validate_world_model
+
+        validate_world_model(cfg)
+        self.obs, norm = obs, cfg.norm == "layer"
         if obs == "image":
-            self.encoder = ConvEncoder(cfg.depth)
+            self.encoder = ConvEncoder(cfg.depth, norm)
             embed = self.encoder.out_dim
         else:
             if state_dim is None:
                 raise ValueError("obs='state' needs a dataset with a 'state' key (V-D4RL folders have none)")
             embed = cfg.hidden
-            self.encoder = mlp(state_dim, cfg.hidden, embed, 2)
+            self.encoder = mlp(state_dim, cfg.hidden, embed, 2, norm=norm)
             # Normalising with dataset statistics puts every state dimension on one scale.
             self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32))
             self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32))
-        self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.stoch, cfg.hidden, cfg.ensemble, cfg.min_std)
+        self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.stoch, cfg.hidden, cfg.ensemble, cfg.min_std,
+                         gru_norm=cfg.gru_norm, norm=norm)
         feat = self.rssm.feat_dim
         if obs == "image":
-            self.decoder = ConvDecoder(feat, cfg.depth).to(memory_format=torch.channels_last)
+            self.decoder = ConvDecoder(feat, cfg.depth, norm).to(memory_format=torch.channels_last)
             self.encoder.to(memory_format=torch.channels_last)
         else:
-            self.decoder = mlp(feat, cfg.hidden, state_dim, 2)
-        self.reward = mlp(feat, cfg.hidden, 1, 2)
+            self.decoder = mlp(feat, cfg.hidden, state_dim, 2, norm=norm)
+        self.reward = mlp(feat, cfg.hidden, 1, 2, norm=norm)
         if cfg.inverse_scale > 0:
             # Inverse dynamics: a_t from the embeddings of frames t-2, t-1, t (the action changes velocities,
             # which take two frame differences to see); it asks the encoder for the joints' configuration.
-            self.inverse = mlp(3 * embed, cfg.hidden, action_dim, 2)
+            self.inverse = mlp(3 * embed, cfg.hidden, action_dim, 2, norm=norm)
         self.cfg = cfg
 
     # ----- observations -------------------------------------------------------------------------
@@ -107,6 +119,18 @@ class WorldModel(nn.Module):
         out = self.decoder(feat.reshape(-1, feat.shape[-1]))
         return out.reshape(*lead, *out.shape[1:])
 
+    def obs_loss(self, feat: torch.Tensor, target: torch.Tensor, share: float = 1.0) -> torch.Tensor:
+        """Observation negative log-likelihood: unit-variance Gaussian, summed over pixels / state dims, averaged over
+        the (B, T) frames. `share` < 1 decodes only that share of the frames, drawn at random without replacement
+        (torch's generator): their average is an unbiased estimate of the average over all frames."""
+        if share < 1.0:
+            n = feat.shape[0] * feat.shape[1]
+            keep = torch.randperm(n, device=feat.device)[:max(1, round(share * n))]
+            feat, target = feat.flatten(0, 1)[keep], target.flatten(0, 1)[keep]
+        recon = self.decode(feat)
+        obs_dims = tuple(range(feat.dim() - 1, target.dim()))
+        return 0.5 * ((recon - target) ** 2).sum(obs_dims).mean()
+
     # ----- the ELBO -------------------------------------------------------------------------------
     def loss(self, batch: dict):
         """Negative ELBO on a (B, T) batch of tensors. Returns (scalar, metrics, posterior states)."""
@@ -115,13 +139,11 @@ class WorldModel(nn.Module):
         embed = self.embed(target, augment=True)
         post = self.rssm.observe(embed, batch["action"], batch["is_first"])
         losses = {}
-        # Observation log-likelihood: unit-variance Gaussian, summed over pixels / state dims.
-        recon = self.decode(post["feat"])
-        obs_dims = tuple(range(2, target.dim()))
-        losses["obs"] = 0.5 * ((recon - target) ** 2).sum(obs_dims).mean()
+        losses["obs"] = self.obs_loss(post["feat"], target, cfg.decode_share)
         losses["reward"] = 0.5 * ((self.reward(post["feat"]).squeeze(-1) - batch["reward"]) ** 2).mean()
-        losses["kl"], kl_per_head = self.rssm.kl_loss(post, cfg.kl_free, cfg.kl_balance)
-        weights = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "kl": cfg.kl_scale}
+        split = None if cfg.kl_dyn is None else (cfg.kl_dyn, cfg.kl_rep)  # weighted inside: kl_scale is unused
+        losses["kl"], kl_per_head = self.rssm.kl_loss(post, cfg.kl_free, cfg.kl_balance, cfg.kl_free_mode, split)
+        weights = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "kl": 1.0 if split else cfg.kl_scale}
         if cfg.inverse_scale > 0:
             losses["inverse"] = inverse_dynamics_loss(self.inverse, embed, batch["action"], batch["is_first"])
             weights["inverse"] = cfg.inverse_scale
@@ -129,6 +151,8 @@ class WorldModel(nn.Module):
         # Detached 0-d tensors: read on log steps only (a read is a host-device sync).
         metrics = {f"wm/{k}": v.detach() for k, v in losses.items()}
         metrics.update({f"wm/kl_head{k}": v for k, v in enumerate(kl_per_head)})
+        if split:  # wm/kl is the weighted, clipped loss then; the KL itself beside it
+            metrics["wm/kl_value"] = kl_per_head.mean()
         metrics["wm/post_std"] = post["post_std"].detach().mean()
         return total, metrics, post
 

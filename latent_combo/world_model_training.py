@@ -118,7 +118,9 @@ def probe_world_model(cfg: Config, wm: WorldModel, dataset: OfflineDataset, run_
     path, step = run_dir / "probe.json", load_checkpoint(run_dir / "wm.pt")["step"]
     if path.exists():
         cached = json.loads(path.read_text())
-        if cached.get("wm_step") == step and (not nonlinear or "state_r2_mlp" in cached["probe"]):
+        # A probe.json without state_r2_sample predates the posterior-mean headline: its state_r2 read a sample.
+        current = "skipped" in cached["probe"] or "state_r2_sample" in cached["probe"]
+        if cached.get("wm_step") == step and current and (not nonlinear or "state_r2_mlp" in cached["probe"]):
             return cached["probe"]
     t0 = time.time()
     result = run_probe(wm, dataset, cfg.env, device, seed=cfg.seed, nonlinear=nonlinear)

@@ -135,6 +135,31 @@ def test_add_missing_episodes_and_settings_mismatch(tmp_path, stub_walker):
     assert C.ensure_dataset("walker-walk", "expert", 3, out=out) == out
 
 
+def test_collect_with_mujocos_default_rendering(tmp_path, stub_walker):
+    """--render default: MuJoCo's own settings (multisampling, shadows), recorded in metadata.json; the same episode
+    as a fast collection, other pixels. A folder collected before the flag existed counts as 'fast'."""
+    fast = C.collect("walker-walk", "expert", episodes=1, out=tmp_path / "f", max_steps=3, workers=1, progress=False)
+    default = C.collect("walker-walk", "expert", episodes=1, out=tmp_path / "d", max_steps=3, workers=1,
+                        progress=False, render="default")
+    meta_f, meta_d = _check_dataset(fast, "walker-walk", "expert", 1, 3, 6), read_metadata(default)
+    assert meta_f["render"] == "fast" and "--render" not in meta_f["command"]
+    assert meta_d["render"] == "default" and meta_d["command"].endswith("--render default")
+    a, b = load_episode(fast / "ep_000000.npz"), load_episode(default / "ep_000000.npz")
+    np.testing.assert_array_equal(a["state"], b["state"])
+    assert not np.array_equal(a["image"], b["image"])
+    with pytest.raises(ValueError, match="render"):
+        C.collect("walker-walk", "expert", episodes=2, out=default, max_steps=3, workers=1, progress=False)
+    # An interrupted collection from before the flag: its .collect.json has no 'render' key.
+    config = {k: v for k, v in meta_f["collect_config"].items() if k != "render"}
+    (fast / "ep_000000.npz").unlink()
+    (fast / C.CONFIG).write_text(json.dumps(config))
+    (fast / "metadata.json").unlink()
+    C.collect("walker-walk", "expert", episodes=1, out=fast, max_steps=3, workers=1, progress=False)
+    assert read_metadata(fast)["render"] == "fast" and verify(fast) == []
+    with pytest.raises(ValueError, match="unknown render settings"):
+        C.collect("walker-walk", "expert", episodes=1, out=tmp_path / "x", max_steps=3, progress=False, render="nice")
+
+
 def test_medium_expert_mixing(tmp_path, stub_walker):
     pols, parts = C.plan("walker-walk", "medium-expert", 200)
     assert parts.count("medium") == 100 and parts.count("expert") == 100 and parts[99] == "medium"
@@ -198,6 +223,9 @@ def test_cli_collect(tmp_path, capsys):
     assert "Batch Mean" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         p.parse_args(["collect", "--env", "cartpole", "--flavour", "medium"])
+    assert a.render == "fast"
+    assert p.parse_args(["collect", "--env", "walker-walk", "--flavour", "medium", "--render", "default"]).render \
+        == "default"
 
 
 def _fake_ladder(d, returns, hidden=32):

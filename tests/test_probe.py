@@ -53,8 +53,8 @@ def test_probe_runs_after_the_world_model_stage(env_datasets, tmp_path, capsys):
                 "--logdir", str(tmp_path), "--world-model-only"]) == 0
     run = tmp_path / "sawyer-door" / data.name / "combo-image-debug-s0"
     probe = json.loads((run / "probe.json").read_text())["probe"]
-    for key in ("state_r2", "state_r2_dims", "state_rmse_dims", "state_r2_hand", "reward_rmse_posterior",
-                "reward_rmse_prior", "separability", "state_r2_from_step_1"):
+    for key in ("state_r2", "state_r2_sample", "state_r2_dims", "state_rmse_dims", "state_r2_hand",
+                "reward_rmse_posterior", "reward_rmse_prior", "separability", "state_r2_from_step_1"):
         assert key in probe, key
     assert not (run / "agent.pt").exists()  # stopped after the probe
     # Sawyer's zero padding (11-17) and its goal (36-38, jitter of 1e-5 m) are not scored; R² there is noise.
@@ -86,3 +86,74 @@ def test_probe_skips_a_dataset_without_state(tmp_path, capsys):
     out = run_probe(wm, ds, "walker-walk", torch.device("cpu"))
     assert set(out) == {"skipped"} and "no 'state'" in out["skipped"]
     assert format_probe(out).startswith("probe skipped")
+
+
+def random_walk_dataset(directory, episodes=8, length=30):
+    """Episodes whose state is a random walk (every dimension varies within each held-out episode)."""
+    from conftest import make_episode
+
+    from latent_combo.data import save_episode, write_metadata
+
+    rng = np.random.default_rng(0)
+    for i in range(episodes):
+        ep = make_episode(length, seed=i + 1)
+        ep["state"] = rng.normal(size=ep["state"].shape).cumsum(0).astype(np.float32)
+        ep["image"] = rng.integers(0, 255, ep["image"].shape, dtype=np.uint8)
+        save_episode(directory / f"ep_{i:04d}.npz", ep)
+    write_metadata(directory, env="walker-walk", flavour="test")
+    return directory
+
+
+def test_probe_headline_reads_the_posterior_mean_and_keeps_the_sample_figure(tmp_path):
+    from latent_combo.config import resolve
+    from latent_combo.data import OfflineDataset
+    from latent_combo.probe import encode_for_probe, format_probe, run_probe
+    from latent_combo.world_model_training import build_world_model
+
+    ds = OfflineDataset(random_walk_dataset(tmp_path / "ds"))
+    torch.manual_seed(0)
+    wm = build_world_model(resolve("debug"), ds, torch.device("cpu"))
+    torch.manual_seed(0)
+    data = encode_for_probe(wm, ds, torch.device("cpu"), np.random.default_rng(0))
+    deter = wm.rssm.deter
+    # The same filtered h; the mean of z beside the sample drawn from it.
+    np.testing.assert_array_equal(data["post_mean"][:, :deter], data["post"][:, :deter])
+    with torch.no_grad():  # the posterior's mean from episode 0's h and frames
+        rssm, image = wm.rssm, torch.as_tensor(ds.episode(0)["image"][None, 1:])
+        embed, h = wm.embed(wm.target({"image": image}))[0], torch.as_tensor(data["post"][:30, :deter])
+        mean = rssm._stats(rssm.post_out(torch.nn.functional.elu(rssm.post_h(h) + rssm.post_e(embed))))[0]
+    np.testing.assert_allclose(data["post_mean"][:30, deter:], mean.numpy(), atol=1e-5)
+    assert not np.allclose(data["post_mean"][:, deter:], data["post"][:, deter:])
+
+    out = run_probe(wm, ds, "walker-walk", torch.device("cpu"))
+    assert np.isfinite(out["state_r2"]) and np.isfinite(out["state_r2_sample"])
+    assert out["state_r2"] != out["state_r2_sample"]
+    assert out["state_r2"] == pytest.approx(np.mean(out["state_r2_dims"]))  # the per-dimension figures are the mean's
+    text = format_probe(out)
+    assert f"state R² {out['state_r2']:.3f}" in text
+    assert f"sample of z (what the agent sees) {out['state_r2_sample']:.3f}" in text
+    assert "sample 0" not in text.splitlines()[0]  # not listed among the groups
+
+
+def test_a_probe_json_from_before_the_mean_headline_is_recomputed(tmp_path):
+    """A cached probe.json whose state_r2 read a sample of z (no state_r2_sample beside it) is not served as the
+    posterior-mean figure."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from latent_combo.config import resolve
+    from latent_combo.data import OfflineDataset
+    from latent_combo.runs import save_checkpoint
+    from latent_combo.world_model_training import build_world_model, probe_world_model
+
+    cfg = resolve("debug")
+    ds = OfflineDataset(random_walk_dataset(tmp_path / "ds"))
+    wm = build_world_model(cfg, ds, torch.device("cpu"))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint({"model": wm.state_dict(), "step": 4}, run / "wm.pt")
+    (run / "probe.json").write_text(json.dumps({"wm_step": 4, "probe": {"state_r2": 0.5}}))
+    writer = SummaryWriter(str(run))
+    fresh = probe_world_model(cfg, wm, ds, run, writer, torch.device("cpu"))
+    assert "state_r2_sample" in fresh and fresh["state_r2"] != 0.5
+    assert probe_world_model(cfg, wm, ds, run, writer, torch.device("cpu")) == fresh  # then cached
+    writer.close()
