@@ -67,15 +67,25 @@ def settings(rows: list[dict]) -> list[dict]:
     groups = {}
     for r in rows:
         groups.setdefault(tuple(sorted(r["setting"].items(), key=str)), []).append(r)
-    varying = {k for rs in groups.values() for k, v in rs[0]["setting"].items()
-               if any(other[0]["setting"].get(k) != v for other in groups.values())}
+    # A setting is named by its algorithm and the keys where it departs from the grid's most common value.
+    values = {}
+    for rs in groups.values():
+        for k, v in rs[0]["setting"].items():
+            values.setdefault(k, []).append(repr(v))
+    common = {}  # key -> its most common value (None: no value is more common than the others, so always named)
+    for k, vs in values.items():
+        counts = sorted((vs.count(v), v) for v in set(vs))
+        if len(counts) > 1:
+            common[k] = counts[-1][1] if counts[-1][0] > counts[-2][0] else None
     out = []
     for key, rs in groups.items():
         mean = {k: selection.mean_of([r.get(k) for r in rs]) for k in
                 ("model_return", "model_return_pessimistic", "final_regulariser", "q_data", "score")}
         rise = selection.mean_of([r.get("q_data_rise_last_fifth") for r in rs])
-        name = ",".join(f"{'.'.join(k)}={v}" for k, v in sorted(dict(key).items(), key=str) if k in varying)
-        out.append({**mean, "name": name or "(one setting)", "seeds": len(rs),
+        setting = dict(key)
+        name = ",".join([f"{setting[('algo',)]}"] + [f"{'.'.join(k)}={v}" for k, v in sorted(setting.items(), key=str)
+                                                     if k in common and k != ("algo",) and repr(v) != common[k]])
+        out.append({**mean, "name": name, "seeds": len(rs),
                     "excluded": selection.exclusions(mean["q_data"], rise, rs[0]["floor"])})
     return out
 

@@ -118,9 +118,9 @@ def test_rank_reads_spearman_and_regret_of_each_rule(tmp_path, capsys):
     assert len(table) == 4 and {t["seeds"] for t in table} == {1, 2}
     figures = ranking.validate(table)
     assert figures["model-return"]["spearman"] == pytest.approx(1.0)
-    assert figures["model-return"]["regret"] == 0 and figures["model-return"]["pick"] == "agent.beta=2.0"
+    assert figures["model-return"]["regret"] == 0 and figures["model-return"]["pick"] == "combo,agent.beta=2.0"
     assert figures["regulariser"]["spearman"] == pytest.approx(-0.2)  # -reg ranks d first, though it scores least
-    assert figures["regulariser"]["pick"] == "agent.beta=5.0" and figures["regulariser"]["regret"] == 30
+    assert figures["regulariser"]["pick"] == "combo,agent.beta=5.0" and figures["regulariser"]["regret"] == 30
     assert figures["regulariser"]["regret_share"] == pytest.approx(1.0)
     from latent_combo.cli import main as cli
 
@@ -128,7 +128,7 @@ def test_rank_reads_spearman_and_regret_of_each_rule(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "model-return" in out and "regulariser" in out and (tmp_path / "rank.json").exists()
     assert cli(["select", "--by", "model-return", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip().endswith("pick by model-return: agent.beta=2.0  (model_return 30)")
+    assert capsys.readouterr().out.strip().endswith("pick by model-return: combo,agent.beta=2.0  (model_return 30)")
 
 
 def test_a_run_without_a_world_model_says_so_in_one_line(tmp_path, capsys):
