@@ -2,7 +2,7 @@
 
     python bench/quality.py --env walker-walk --dataset medium-replay --obs state --preset cpu \
         --algos combo lmbpo bc --seeds 0 1 2 [--workers 1] [--sweep agent.beta=0.5,1,5] \
-        [--reference td3bc iql bc cql] [key=value ...]
+        [--reference td3bc,iql,bc,cql] [key=value ...]
 
 A thin caller of latent_combo.sweep: one world model per seed, every algorithm's agent trained on a copy
 of it, one table of final scores (mean ± 95% interval over seeds), the first algorithm read against every
@@ -26,6 +26,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+def reference_algos(value: str) -> list[str]:
+    """--reference td3bc,iql,bc -> ['td3bc', 'iql', 'bc'], each checked against bench/d3rlpy_reference.py's."""
+    from d3rlpy_reference import ALGOS
+
+    names = [v for v in value.split(",") if v]
+    bad = [n for n in names if n not in ALGOS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a comma-separated list of {', '.join(ALGOS)}")
+    return names
+
+
 def parse(argv=None) -> argparse.Namespace:
     from latent_combo.sweep import add_arguments
 
@@ -33,9 +44,10 @@ def parse(argv=None) -> argparse.Namespace:
     add_arguments(p)
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="the sweep's --grid")
     p.add_argument("--workers", type=int, default=1, help="trials at once (cores shared among them)")
-    p.add_argument("--reference", nargs="+", default=[], metavar="ALGO",
-                   help="d3rlpy reference rows on the dataset's raw states (td3bc cql iql bc), --obs state only: the "
-                        "same seeds, updates and evaluation episodes as the agents (bench/d3rlpy_reference.py)")
+    # One comma-separated value, not nargs="+": a list flag would swallow the key=value overrides that follow it.
+    p.add_argument("--reference", type=reference_algos, default=[], metavar="ALGO,ALGO",
+                   help="d3rlpy reference rows on the dataset's raw states (some of td3bc,cql,iql,bc), --obs state "
+                        "only: the same seeds, updates and evaluation episodes as the agents")
     p.set_defaults(obs="state", logdir="runs/quality")
     a = p.parse_args(argv)
     a.grid = a.grid + a.sweep
@@ -65,9 +77,6 @@ def reference_rows(a) -> list[dict]:
 
     from latent_combo.config import parse_overrides, resolve
 
-    bad = [name for name in a.reference if name not in ref.ALGOS]
-    if bad:
-        raise SystemExit(f"--reference {' '.join(bad)}: expected some of {', '.join(ref.ALGOS)}")
     cfg = resolve(a.preset, a.env, {**parse_overrides(a.overrides), "obs": a.obs})
     results = ref.run_all(a.reference, a.seeds, a.data_path, a.env, cfg.agent.steps, cfg.final_eval_episodes,
                           str(Path(a.logdir) / "d3rlpy"), a.workers)

@@ -24,6 +24,14 @@ def test_flags_map_onto_the_sweep(quality):
     assert a.cpus_per_trial >= 1
 
 
+def test_reference_rows_flag_takes_one_list_and_leaves_the_overrides(quality, capsys):
+    a = quality.parse(["--reference", "td3bc,iql", "agent.steps=20000", "agent.tau=0.02"])
+    assert a.reference == ["td3bc", "iql"] and a.overrides == ["agent.steps=20000", "agent.tau=0.02"]
+    with pytest.raises(SystemExit):
+        quality.parse(["--reference", "td3bc,sac"])
+    assert "expected a comma-separated list of td3bc, cql, iql, bc" in capsys.readouterr().err
+
+
 def test_bad_sweep_item_names_the_flag():
     from latent_combo.sweep import parse_grid
 
