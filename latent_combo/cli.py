@@ -19,8 +19,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 from latent_combo.config import ALGOS, PRESETS, Config, parse_overrides, resolve  # noqa: E402
 from latent_combo.envs import COLLECT_ENV_IDS, ENV_IDS, RENDER_SETTINGS  # noqa: E402
 from latent_combo.ranking import RULES, cmd_rank, cmd_select  # noqa: E402
@@ -206,14 +204,8 @@ def cmd_eval(a) -> int:
     wm_ckpt, agent_ckpt = load_checkpoint(run_dir / "wm.pt"), load_checkpoint(run_dir / "agent.pt")
     if wm_ckpt is None or agent_ckpt is None:
         raise FileNotFoundError(f"{run_dir}: needs wm.pt and agent.pt (train the run first)")
-    # Sizes come from the env; the state normaliser is restored from the checkpoint's buffers, so the
-    # dataset itself is not needed.
-    from latent_combo.agent import Agent
-    from latent_combo.envs import make_env
-    from latent_combo.evaluate import evaluate
-    from latent_combo.world_model import WorldModel
+    from latent_combo.evaluate import evaluate, trained_policy
 
-    env = make_env(cfg.env, render=False)
     results_path = run_dir / "results.json"
     render = cfg.eval_render
     if render == "auto":  # as at training time: recorded in results.json, else the dataset's own
@@ -221,11 +213,7 @@ def cmd_eval(a) -> int:
 
         saved = json.loads(results_path.read_text()) if results_path.exists() else {}
         render = saved.get("eval_render") or render_settings(saved.get("dataset") or dataset_dir(cfg))
-    wm = WorldModel(cfg.wm, cfg.obs, env.action_dim, env.state_dim, np.zeros(env.state_dim),
-                    np.ones(env.state_dim)).to(device)
-    wm.load_state_dict(wm_ckpt["model"])
-    agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
-    agent.load_state_dict(agent_ckpt["agent"])
+    wm, agent = trained_policy(cfg, wm_ckpt, agent_ckpt, device)
     result, _ = evaluate(wm, agent.actor, cfg.env, a.eval_episodes, device, seed=a.seed,
                          max_steps=cfg.eval_max_steps, render_settings=render, progress=True)
     print(json.dumps(result, indent=1))

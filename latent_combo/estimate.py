@@ -161,11 +161,9 @@ def format_estimate(e: dict) -> str:
 
 def estimate_run(run_dir: str | Path, horizon: int = HORIZON, n: int = STARTS, device=None) -> dict:
     """`latent-combo estimate RUN_DIR`: the estimate for a trained run, written to RUN_DIR/estimate.json."""
-    from latent_combo.agent import Agent
-    from latent_combo.envs import make_env
+    from latent_combo.evaluate import trained_policy
     from latent_combo.runs import dataset_dir, load_checkpoint, load_config
     from latent_combo.utils import pick_device
-    from latent_combo.world_model import WorldModel
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
@@ -180,12 +178,7 @@ def estimate_run(run_dir: str | Path, horizon: int = HORIZON, n: int = STARTS, d
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     data_path = Path(results.get("dataset") or dataset_dir(cfg))
     arrays = dataset_arrays(data_path)
-    env = make_env(cfg.env, render=False)
-    wm = WorldModel(cfg.wm, cfg.obs, env.action_dim, env.state_dim, np.zeros(env.state_dim),
-                    np.ones(env.state_dim)).to(device)
-    wm.load_state_dict(wm_ckpt["model"])
-    agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
-    agent.load_state_dict(agent_ckpt["agent"])
+    wm, agent = trained_policy(cfg, wm_ckpt, agent_ckpt, device)
     lengths = np.array([len(r) for r in arrays["reward"]])
     out = estimate(wm, agent.actor, latents["transitions"], lengths, cfg.env, cfg.agent.gamma, device, horizon, n,
                    arrays["state"] or None)
