@@ -2,7 +2,7 @@
 plain reference, in frames per second and in share of the fp32 matmul peak.
 
     .venv/bin/python bench/world_model.py [--preset quality] [--quick] [--sizes 16x50,50x50] [--iters 3]
-        [--threads N] [--no-reference]
+        [--threads N] [--no-reference] [--precision fp32,bf16]
 
 One update = ELBO loss on a (B, T) batch of random 64x64x3 uint8 images, backward, gradient clipping
 and an Adam step (as latent_combo.world_model_training does). The batch is built once with
@@ -11,10 +11,11 @@ counter), then --iters timed updates.
 
 GFLOP/s = FLOPs of one forward + backward (counted by torch.utils.flop_counter.FlopCounterMode: matmuls
 and convolutions) / seconds per update, compared with the fp32 matmul peak measured in the same run
-(best torch.mm of two 2048 x 2048 matrices). "reference" is bench/reference.py's RefWorldModel: the same
-network written plainly (per-step Python loop doing encoder, GRU, posterior, each of the K prior heads,
-decoder and reward head one step at a time). Printed, not asserted; other load on the machine lowers
-every column.
+(best torch.mm of two 2048 x 2048 matrices). --precision times latent_combo's update under each precision
+in turn (bf16: torch.autocast, as `precision=bf16` trains; "vs fp32" compares them, same run, same batch).
+"reference" is bench/reference.py's RefWorldModel: the same network written plainly (per-step Python
+loop doing encoder, GRU, posterior, each of the K prior heads, decoder and reward head one step at a time).
+Printed, not asserted; other load on the machine lowers every column.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=None, help="timed updates per row (default 3; quick: 2)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: os.cpu_count())")
     p.add_argument("--no-reference", action="store_true", help="skip the reference implementation")
+    p.add_argument("--precision", default="fp32", help="comma-separated, of fp32 and bf16: latent_combo's update "
+                   "under each (default fp32; the reference always runs fp32)")
     a = p.parse_args(argv)
     from latent_combo.config import resolve
 
@@ -97,16 +100,25 @@ def main(argv=None):
     peak = matmul_peak()
     print(f"fp32 matmul peak (2048^3 torch.mm): {peak:.1f} GFLOP/s")
 
-    impls = [("latent_combo", latent_combo_update)]
+    precisions = a.precision.split(",")
+    if any(pr not in ("fp32", "bf16") for pr in precisions):
+        p.error(f"--precision {a.precision!r}: expected fp32, bf16 or fp32,bf16")
+    impls = [(f"latent_combo {pr}" if len(precisions) > 1 else "latent_combo", latent_combo_update, pr)
+             for pr in precisions]
     if not a.no_reference:
-        impls.append(("reference", reference_update))
+        impls.append(("reference", reference_update, "fp32"))
     rows = []
     for B, T in sizes:
         batch = make_batch(B, T)
         times = {}
-        for name, build in impls:
+        for name, build, precision in impls:
             torch.manual_seed(0)
-            update, n_params = build(cfg)
+            plain, n_params = build(cfg)
+
+            def update(b, plain=plain, precision=precision):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    plain(b)
+
             # The warm-up update runs under the FLOP counter: Adam and clipping add no counted FLOPs, so this
             # is the forward + backward count.
             flops = count_flops(lambda u=update, b=batch: u(b))
@@ -114,13 +126,15 @@ def main(argv=None):
             times[name] = sec
             gflops = flops / sec / 1e9
             rows.append([name, f"{B}x{T}", f"{flops / 1e9:.1f}", f"{sec:.3f}", f"{1 / sec:.3f}", f"{B * T / sec:.0f}",
-                         f"{gflops:.1f}", f"{gflops / peak:.0%}", None])
+                         f"{gflops:.1f}", f"{gflops / peak:.0%}", None, None])
             print(f"  done {name} {B}x{T} ({n_params / 1e6:.2f}M params): {sec:.3f} s/update", flush=True)
+        fp32 = next((times[n] for n, _, pr in impls if pr == "fp32" and n != "reference"), None)
         for r in rows[-len(impls):]:
-            r[-1] = f"{times['reference'] / times[r[0]]:.2f}x" if "reference" in times else "-"
+            r[-2] = f"{times['reference'] / times[r[0]]:.2f}x" if "reference" in times else "-"
+            r[-1] = f"{fp32 / times[r[0]]:.2f}x" if fp32 and r[0] != "reference" else "-"
     print()
-    print_table(["impl", "batch", "GFLOP/upd", "s/update", "updates/s", "frames/s", "GFLOP/s", "% peak", "vs ref"],
-                rows)
+    print_table(["impl", "batch", "GFLOP/upd", "s/update", "updates/s", "frames/s", "GFLOP/s", "% peak", "vs ref",
+                 "vs fp32"], rows)
     print(f"(peak {peak:.1f} GFLOP/s; GFLOP/upd counted for forward + backward; the Adam step and clipping are "
           f"timed but count no FLOPs)")
 

@@ -1,0 +1,145 @@
+"""Dreamer practice on the pixel world model, one change at a time at equal wall time, read by the probe.
+
+    .venv/bin/python bench/world_model_screen.py --dataset medium-replay --seeds 0 1 --logdir runs/s38 \
+        [--variants base,gru_norm,...] [--preset cpu] [--steps 700] [--time-only]
+
+Each variant is a set of config overrides (VARIANTS below; `render` swaps the dataset for one collected with
+MuJoCo's default rendering, `latent-combo collect --render default --out data/ENV/FLAVOUR-msaa`). Its world model
+is trained with `latent-combo train --world-model-only` (the command is printed; a finished run is reused), for
+the baseline's updates scaled by the baseline's time per update over the variant's, so that every variant spends
+the baseline's update time (timed here first, at the preset's batch on random frames, one variant after another
+with every core). Then one table of the probe's figures (the posterior mean's state R², per group, open-loop R²,
+separability) per variant, mean over the seeds, with each run's world-model wall time from its wm.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine_line, print_table, set_threads, time_it
+from world_model import latent_combo_update, make_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name: (overrides, dataset suffix). References: dreamerv2/common/nets.py (GRU with norm), dreamerv2 configs.yaml
+# dmc_vision (KL balance 0.8, 1 free nat on the batch mean), dreamerv3/nets.py (split KL dyn 0.5 / rep 0.1 with
+# 1 free nat per step; LayerNorm in every conv and linear), V-D4RL's frames (MuJoCo's default rendering).
+VARIANTS = {
+    "base": ({}, ""),
+    "gru_norm": ({"wm.gru_norm": "true"}, ""),
+    "norm_layer": ({"wm.norm": "layer"}, ""),
+    "kl_dv2": ({"wm.kl_balance": "0.8", "wm.kl_free": "1.0", "wm.kl_free_mode": "batch", "wm.kl_scale": "1.0"}, ""),
+    "kl_dv3": ({"wm.kl_dyn": "0.5", "wm.kl_rep": "0.1", "wm.kl_free": "1.0", "wm.kl_free_mode": "step"}, ""),
+    "decode_half": ({"wm.decode_share": "0.5"}, ""),
+    "bf16": ({"precision": "bf16"}, ""),
+    "render": ({}, "-msaa"),
+}
+
+
+def seconds_per_update(preset: str, overrides: dict, iters: int = 12) -> float:
+    """One world-model update's time at the preset's sizes under these overrides (random frames, as
+    bench/world_model.py), after two warm-up updates."""
+    from latent_combo.config import parse_overrides, resolve
+    from latent_combo.utils import autocast
+
+    cfg = resolve(preset, overrides=parse_overrides([f"{k}={v}" for k, v in overrides.items()]))
+    torch.manual_seed(0)
+    update, _ = latent_combo_update(cfg.wm)
+    batch = make_batch(cfg.wm.batch, cfg.wm.length)
+
+    def step():
+        with autocast(torch.device("cpu"), cfg.precision):
+            update(batch)
+
+    return time_it(step, iters, warmup=2)
+
+
+def run_dir(logdir: Path, name: str, env: str, dataset: str, preset: str, seed: int) -> Path:
+    return logdir / name / env / dataset / f"combo-image-{preset}-s{seed}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="walker-walk")
+    p.add_argument("--dataset", default="medium-replay")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=None, help="the baseline's updates (default: the preset's)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--logdir", default="runs/s38")
+    p.add_argument("--time-only", action="store_true", help="print the timings and the updates, train nothing")
+    a = p.parse_args(argv)
+    names = a.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
+    from latent_combo.config import resolve
+
+    base_steps = a.steps or resolve(a.preset, a.env).wm.steps
+    logdir = Path(a.logdir)
+    set_threads(0)
+    print(machine_line())
+
+    # Timings are cached so that a resumed screen trains each variant for the same number of updates.
+    timing_path = logdir / "timings.json"
+    timings = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    for name in ["base", *names]:
+        if name not in timings:
+            timings[name] = seconds_per_update(a.preset, VARIANTS[name][0])
+            print(f"  {name}: {timings[name]:.3f} s/update", flush=True)
+    logdir.mkdir(parents=True, exist_ok=True)
+    timing_path.write_text(json.dumps(timings, indent=1))
+    steps = {n: int(round(base_steps * timings["base"] / timings[n])) for n in names}
+    # Loss-only changes cost what the baseline costs up to timing noise: they keep its updates.
+    for n in names:
+        if abs(steps[n] - base_steps) / base_steps < 0.05:
+            steps[n] = base_steps
+    if a.time_only:
+        print_table(["variant", "s/update", "updates"], [[n, f"{timings[n]:.3f}", steps[n]] for n in names])
+        return
+
+    for name in names:
+        overrides, suffix = VARIANTS[name]
+        for seed in a.seeds:
+            out = run_dir(logdir, name, a.env, a.dataset + suffix, a.preset, seed)
+            if (out / "probe.json").exists():
+                continue
+            cmd = [sys.executable, "-m", "latent_combo.cli", "train", "--env", a.env, "--dataset",
+                   str(ROOT / "data" / a.env / (a.dataset + suffix)) if suffix else a.dataset,
+                   "--preset", a.preset, "--seed", str(seed), "--world-model-only", "--logdir", str(logdir / name),
+                   f"wm.steps={steps[name]}", *(f"{k}={v}" for k, v in overrides.items())]
+            print("$", shlex.join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=ROOT)
+
+    rows = []
+    for name in names:
+        overrides, suffix = VARIANTS[name]
+        figs = []
+        for seed in a.seeds:
+            out = run_dir(logdir, name, a.env, a.dataset + suffix, a.preset, seed)
+            probe = json.loads((out / "probe.json").read_text())["probe"]
+            wall = torch.load(out / "wm.pt", map_location="cpu", weights_only=False)["wall_s"]
+            figs.append([probe["state_r2"], probe["state_r2_positions"], probe["state_r2_velocities"],
+                         probe.get("state_r2_sample", float("nan")), probe["open_loop_r2_h1"],
+                         probe["open_loop_r2_h5"], probe["separability"], wall / 60])
+        figs = np.array(figs)
+        mean = figs.mean(0)
+        per_seed = " / ".join(f"{v:.3f}" for v in figs[:, 0])
+        rows.append([name, " ".join(f"{k}={v}" for k, v in overrides.items()) or ("default render" if suffix
+                     else "-"), steps[name], per_seed, *(f"{v:.3f}" for v in mean[:7]), f"{mean[7]:.1f}"])
+    print()
+    print_table(["variant", "overrides", "updates", "state R² per seed", "state R²", "positions", "velocities",
+                 "R² (z sample)", "open-loop h1", "h5", "separability", "WM min"], rows)
+    print(f"(mean over seeds {' '.join(map(str, a.seeds))}; {a.env} {a.dataset}, preset {a.preset}, "
+          f"{base_steps} baseline updates; the probe's held-out episodes)")
+
+
+if __name__ == "__main__":
+    main()
