@@ -38,7 +38,7 @@ def test_every_screen_variant_is_a_valid_config_that_changes_something():
 
     screen = load("world_model_screen")
     base = resolve("cpu")
-    for name, (overrides, suffix) in screen.VARIANTS.items():
+    for name, (overrides, suffix, _) in screen.VARIANTS.items():
         cfg = resolve("cpu", overrides=parse_overrides([f"{k}={v}" for k, v in overrides.items()]))
         assert (cfg != base) or suffix or name == "base", name
 
