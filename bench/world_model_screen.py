@@ -52,6 +52,10 @@ VARIANTS = {
 }
 
 
+# Every variant runs on top of these: the preset as it was before the screen (fp32 on CPU), whatever `auto` picks.
+BASE = {"precision": "fp32"}
+
+
 def seconds_per_update(preset: str, env: str, dataset, overrides: dict, steps: int = 60) -> float:
     """One world-model update's wall time in the training loop itself (latent_combo.world_model_training: window
     sampling, the update, its checks and its checkpoint) on this dataset, under these overrides: `steps` updates
@@ -65,7 +69,7 @@ def seconds_per_update(preset: str, env: str, dataset, overrides: dict, steps: i
     from latent_combo.utils import pick_device, seed_everything
     from latent_combo.world_model_training import build_world_model, train_world_model
 
-    cfg = resolve(preset, env, overrides=parse_overrides([f"{k}={v}" for k, v in overrides.items()]))
+    cfg = resolve(preset, env, overrides=parse_overrides([f"{k}={v}" for k, v in {**BASE, **overrides}.items()]))
     device = pick_device(cfg.device)
     seed_everything(0)
     wm = build_world_model(cfg, dataset, device)
@@ -136,7 +140,7 @@ def main(argv=None):
             cmd = [sys.executable, "-m", "latent_combo.cli", "train", "--env", a.env, "--dataset",
                    str(ROOT / "data" / a.env / (a.dataset + suffix)) if suffix else a.dataset,
                    "--preset", a.preset, "--seed", str(seed), "--world-model-only", "--logdir", str(logdir / name),
-                   f"wm.steps={steps[name]}", *(f"{k}={v}" for k, v in overrides.items())]
+                   f"wm.steps={steps[name]}", *(f"{k}={v}" for k, v in {**BASE, **overrides}.items())]
             print("$", shlex.join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)
 
