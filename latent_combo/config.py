@@ -192,8 +192,9 @@ class Config:
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda[:N]'."""
     precision: str = "auto"
-    """'auto': the world model under bf16 autocast on CUDA, fp32 on CPU; the agent is fp32 (TF32 matmuls
-    on CUDA) everywhere. 'fp32' or 'bf16' force one."""
+    """'auto': the world model under bf16 autocast where the hardware has bf16 (CUDA; CPUs with AVX512-BF16 or
+    AMX, utils.native_bf16), fp32 elsewhere; the agent is fp32 (TF32 matmuls on CUDA) everywhere. 'fp32' or
+    'bf16' force one."""
     logdir: str = "runs"
     threads: int = 0
     """torch CPU threads; 0 leaves torch's default."""
