@@ -7,10 +7,10 @@ Each variant is a set of config overrides (VARIANTS below; `render` swaps the da
 MuJoCo's default rendering, `latent-combo collect --render default --out data/ENV/FLAVOUR-msaa`). Its world model is
 trained with `latent-combo train --world-model-only` (the command is printed; a finished run is reused), for the
 baseline's updates scaled by the baseline's time per update over the variant's, so that every variant spends the
-baseline's update time, or the multiple of it VARIANTS gives (timed here first, at the preset's batch on random
-frames, one variant after another with every core). Then one table of the probe's figures (the posterior mean's
-state R², per group, open-loop R², separability) per variant, mean over the seeds, with each run's world-model wall
-time from its wm.pt.
+baseline's update time, or the multiple of it VARIANTS gives (timed here first: 60 updates of the training loop on
+the dataset, one variant after another with every core, cached in LOGDIR/timings.json). Then one table of the
+probe's figures (the posterior mean's state R², per group, open-loop R², separability) per variant, mean over the
+seeds, with the minutes its updates take (the timing x the updates).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from common import machine_line, print_table, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,10 +151,9 @@ def main(argv=None):
             out = run_dir(logdir, name, a.env, a.dataset + suffix, a.preset, seed)
             found = json.loads((out / "probe.json").read_text())
             probe, updates = found["probe"], found["wm_step"]
-            wall = torch.load(out / "wm.pt", map_location="cpu", weights_only=False)["wall_s"]
             figs.append([probe["state_r2"], probe["state_r2_positions"], probe["state_r2_velocities"],
                          probe.get("state_r2_sample", float("nan")), probe["open_loop_r2_h1"],
-                         probe["open_loop_r2_h5"], probe["separability"], wall / 60, updates])
+                         probe["open_loop_r2_h5"], probe["separability"], timings[name] * updates / 60, updates])
         figs = np.array(figs)
         mean = figs.mean(0)
         per_seed = " / ".join(f"{v:.3f}" for v in figs[:, 0])
@@ -164,7 +162,7 @@ def main(argv=None):
         rows.append([name, label, updates, per_seed, *(f"{v:.3f}" for v in mean[:7]), f"{mean[7]:.1f}"])
     print()
     print_table(["variant", "overrides", "updates", "state R² per seed", "state R²", "positions", "velocities",
-                 "R² (z sample)", "open-loop h1", "h5", "separability", "WM min"], rows)
+                 "R² (z sample)", "open-loop h1", "h5", "separability", "update min"], rows)
     print(f"(mean over seeds {' '.join(map(str, a.seeds))}; {a.env} {a.dataset}, preset {a.preset}, "
           f"{base_steps} baseline updates; the probe's held-out episodes)")
 
