@@ -169,7 +169,7 @@ def test_metrics_read_on_log_steps_equal_an_eager_per_step_loop(tmp_path, tiny_d
     a loop reading `.item()` after every step sees."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from latent_combo.utils import seed_everything
+    from latent_combo.utils import autocast, seed_everything
 
     _, ds, run = wm_run(tmp_path, tiny_dataset, steps=4)
     acc = EventAccumulator(str(run))
@@ -190,7 +190,8 @@ def test_metrics_read_on_log_steps_equal_an_eager_per_step_loop(tmp_path, tiny_d
     for step in range(1, 5):
         batch = to_torch(ds.sample_sequences(cfg.wm.batch, cfg.wm.length, sampler,
                                              ("image", "action", "reward", "is_first")), "cpu")
-        loss, metrics, _ = model.loss(batch)
+        with autocast(torch.device("cpu"), cfg.precision):  # as the loop (bf16 where `auto` picks it)
+            loss, metrics, _ = model.loss(batch)
         eager[step] = metrics["wm/obs"].item()
         opt.zero_grad()
         loss.backward()
