@@ -36,10 +36,13 @@ def test_every_screen_variant_is_a_valid_config_that_changes_something():
     from latent_combo.config import parse_overrides, resolve
 
     screen = load("world_model_screen")
-    base = resolve("cpu")
+    def config(overrides):
+        return resolve("cpu", overrides=parse_overrides([f"{k}={v}" for k, v in {**screen.BASE, **overrides}.items()]))
+
+    base = config({})
+    assert base.wm.deter == 128 and not base.wm.gru_norm and base.precision == "fp32"  # the preset before the screen
     for name, (overrides, suffix, _) in screen.VARIANTS.items():
-        cfg = resolve("cpu", overrides=parse_overrides([f"{k}={v}" for k, v in overrides.items()]))
-        assert (cfg != base) or suffix or name == "base", name
+        assert (config(overrides) != base) or suffix or name == "base", name
 
 
 def test_screen_reads_finished_runs_into_one_table(tmp_path, capsys):
