@@ -22,7 +22,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 convolutions and matmuls run in hardware here: CUDA, or a CPU with AVX512-BF16 or AMX
-    (torch.cpu's own checks). Elsewhere oneDNN emulates bf16, and a CPU update ran many times slower than fp32."""
+    (torch.cpu's own checks). Elsewhere oneDNN emulates bf16, which can run slower than fp32."""
     if device.type == "cuda":
         return True
     if device.type != "cpu":
@@ -34,8 +34,8 @@ def native_bf16(device: torch.device) -> bool:
 def autocast(device: torch.device, precision: str):
     """The world model's autocast context: convolutions and matmuls in bf16, reductions and losses in fp32
     (as torch.autocast assigns them). "auto" turns it on where the hardware has bf16 (`native_bf16`): on
-    CUDA, and on CPUs with AVX512-BF16 / AMX, where a cpu-preset update ran 1.5x faster than fp32 and the
-    probe read the same per update (docs/world-model.md, "Dreamer practice"). "bf16" forces it anywhere,
+    CUDA, and on CPUs with AVX512-BF16 / AMX, where a cpu-preset update ran 1.24-1.5x faster than fp32 and
+    the probe read the same per update (docs/world-model.md, "Dreamer practice"). "bf16" forces it anywhere,
     "fp32" turns it off."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
