@@ -82,6 +82,7 @@ def main(argv=None):
                    "under each (default fp32; the reference always runs fp32)")
     a = p.parse_args(argv)
     from latent_combo.config import resolve
+    from latent_combo.utils import autocast
 
     set_threads(a.threads)
     torch.manual_seed(0)
@@ -116,7 +117,7 @@ def main(argv=None):
             plain, n_params = build(cfg)
 
             def update(b, plain=plain, precision=precision):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                with autocast(torch.device("cpu"), precision):  # as world_model_training runs the update
                     plain(b)
 
             # The warm-up update runs under the FLOP counter: Adam and clipping add no counted FLOPs, so this

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -23,10 +24,12 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 convolutions and matmuls run in hardware here: CUDA, or a CPU with AVX512-BF16 or AMX
     (torch.cpu's own checks). Elsewhere oneDNN emulates bf16, which can run slower than fp32."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """torch.cpu's checks, asked once per process (autocast asks at every world-model update)."""
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(bool(check()) for check in checks if check is not None)
 
