@@ -229,7 +229,8 @@ def cmd_estimate(a) -> int:
     from latent_combo.estimate import HORIZON, STARTS, estimate_run, format_estimate
 
     for d in a.run_dirs:
-        print(f"{d}\n{format_estimate(estimate_run(d, a.horizon or HORIZON, a.starts or STARTS, a.device))}")
+        figures = estimate_run(d, a.horizon or HORIZON, a.starts or STARTS, a.device, a.evaluator)
+        print(f"{d}\n{format_estimate(figures)}")
     return 0
 
 
@@ -363,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--horizon", type=int, help="rollout steps from each start state (default: 100, the discount's "
                                                "effective horizon 1 / (1 - gamma))")
     s.add_argument("--starts", type=int, help="dataset states the rollouts start from (default: 512)")
+    s.add_argument("--evaluator", metavar="RUN_DIR",
+                   help="also roll the policy out in this run's world model (another seed's, on the same dataset), "
+                        "which the policy never trained against: the cross_return figures")
     s.add_argument("--device")
     s.set_defaults(func=cmd_estimate)
 

@@ -24,9 +24,9 @@ def ci95(values) -> float:
     return float(t * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def trained_policy(cfg, wm_ckpt: dict, agent_ckpt: dict, device):
-    """A run's world model and agent rebuilt from its checkpoints: sizes come from the env, the state normaliser and
-    any input statistics from the checkpoints' buffers, so the dataset itself is not needed."""
+def trained_policy(cfg, wm_ckpt: dict, agent_ckpt: dict | None, device):
+    """A run's world model and agent (None without `agent_ckpt`) rebuilt from its checkpoints: sizes come from the
+    env, the state normaliser and any input statistics from the checkpoints' buffers, so the dataset is not needed."""
     from latent_combo.agent import Agent
     from latent_combo.world_model import WorldModel
 
@@ -34,8 +34,10 @@ def trained_policy(cfg, wm_ckpt: dict, agent_ckpt: dict, device):
     wm = WorldModel(cfg.wm, cfg.obs, env.action_dim, env.state_dim, np.zeros(env.state_dim),
                     np.ones(env.state_dim)).to(device)
     wm.load_state_dict(wm_ckpt["model"])
-    agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
-    agent.load_state_dict(agent_ckpt["agent"])
+    agent = None
+    if agent_ckpt is not None:
+        agent = Agent(cfg.agent, cfg.algo, wm.rssm.feat_dim, env.action_dim).to(device)
+        agent.load_state_dict(agent_ckpt["agent"])
     env.close()
     return wm, agent
 

@@ -140,3 +140,63 @@ def test_a_run_without_a_world_model_says_so_in_one_line(tmp_path, capsys):
     assert cli(["estimate", str(d)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no world model" in err and "wm.pt" in err
+
+
+class ToyFilter:
+    """The policy's own model seen through the cross rollouts: its posterior is the observed frame itself."""
+
+    def split(self, feat):
+        return {"h": feat, "z": feat[..., :0]}
+
+    def observe(self, embed, action, is_first, state):
+        assert not is_first.any() and embed.shape[1] == action.shape[1] == 1
+        return {"h": embed, "z": embed[..., :0]}
+
+
+class ToyImagination(ToyRSSM):
+    """The evaluator's prior, step by step: x' = x + a + drift[head], one head per row."""
+
+    def split(self, feat):
+        return {"h": feat, "z": feat[..., :0]}
+
+    def img_step(self, state, action, head):
+        return {"h": state["h"] + action + self.drift[head].unsqueeze(-1), "z": state["z"]}
+
+
+def test_cross_estimate_equals_the_analytic_return_in_the_evaluator():
+    lengths = np.array([11, 21, 31])
+    states = torch.arange(60, dtype=torch.float32).unsqueeze(-1) / 60
+    policy_model = SimpleNamespace(rssm=ToyFilter(), embed=lambda frame: frame, obs="image")
+    drift = (0.0, 0.02, -0.01)
+    evaluator = SimpleNamespace(rssm=ToyImagination(list(drift)), reward=lambda feat: feat, decode=lambda f: f,
+                                obs="image")
+    out = est.cross_estimate(policy_model, ToyActor(0.1), {"state": states, "reward": states[:, 0]}, evaluator,
+                             {"state": states, "reward": states[:, 0]}, lengths, "walker-walk", GAMMA,
+                             torch.device("cpu"), horizon=H, n=8)
+    x0 = states[torch.as_tensor(est.start_indices(lengths, 8))].squeeze(-1).numpy()
+    per_start = np.array([analytic(x, 0.1, drift[i % 3]) for i, x in enumerate(x0)])  # start i: head i mod K
+    assert out["cross_return"] == pytest.approx(per_start.mean(), rel=1e-5)
+    heads = [per_start[h::3].mean() for h in range(3)]
+    assert out["cross_return_heads"] == pytest.approx(heads, rel=1e-5)
+    assert out["cross_return_min_head"] == pytest.approx(min(heads), rel=1e-5)
+    with pytest.raises(ValueError, match="same dataset"):
+        est.cross_estimate(policy_model, ToyActor(0.1), {"state": states, "reward": states[:, 0]}, evaluator,
+                           {"state": states[:50], "reward": states[:50, 0]}, lengths, "walker-walk", GAMMA,
+                           torch.device("cpu"), horizon=H, n=8)
+
+
+def test_states_decoded_by_the_evaluator_reach_the_policy_in_its_own_units():
+    source = SimpleNamespace(obs="state", state_mean=torch.tensor([1.0]), state_std=torch.tensor([2.0]))
+    dest = SimpleNamespace(obs="state", state_mean=torch.tensor([0.0]), state_std=torch.tensor([4.0]))
+    raw = torch.tensor([[5.0]])  # normalised by source: (5 - 1) / 2 = 2; by dest: 5 / 4
+    assert est.to_target_space(torch.tensor([[2.0]]), source, dest).item() == pytest.approx(raw.item() / 4)
+
+
+def test_rank_reads_the_cross_model_figure_from_estimate_json(tmp_path):
+    for name, mr, cross, score in [("a", 30, 10, 10), ("b", 20, 20, 20), ("c", 10, 30, 30)]:
+        d = write_run(tmp_path, name, mr, score, **{"agent.beta": {"a": 1.0, "b": 2.0, "c": 5.0}[name]})
+        (d / "estimate.json").write_text(json.dumps({"model_return": mr, "cross_return": cross}))
+    figures = ranking.validate(ranking.settings([ranking.run_row(d) for d in ranking.finished_runs([tmp_path])]))
+    assert figures["cross-model-return"]["spearman"] == pytest.approx(1.0)
+    assert figures["model-return"]["spearman"] == pytest.approx(-1.0)
+    assert figures["cross-model-return"]["pick"] == "combo,agent.beta=5.0"

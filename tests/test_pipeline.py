@@ -126,6 +126,21 @@ def test_estimate_command_rewrites_the_runs_figure(world_models, capsys):
     assert again["model_return"] == pytest.approx(saved["model_return"], rel=1e-5)  # fixed starts, fixed seed
 
 
+def test_estimate_in_another_seeds_world_model(env_datasets, world_models, tmp_path, capsys):
+    data = env_datasets["walker-walk"]
+    assert cli(["train", "--env", "walker-walk", "--dataset", str(data), "--preset", "debug", "--seed", "1",
+                "--world-model-only", "--logdir", str(tmp_path)]) == 0
+    evaluator = tmp_path / "walker-walk" / data.name / "combo-image-debug-s1"
+    run = world_models["walker-walk"]
+    assert cli(["estimate", str(run), "--evaluator", str(evaluator)]) == 0
+    assert "in another world model" in capsys.readouterr().out
+    figures = json.loads((run / "estimate.json").read_text())
+    assert np.isfinite(figures["cross_return"]) and len(figures["cross_return_heads"]) == 3
+    assert (evaluator / "latents.pt").exists()  # a world-model-only run's dataset, encoded once
+    assert cli(["estimate", str(run), "--evaluator", str(world_models["sawyer-door"])]) == 2
+    assert "sawyer-door" in capsys.readouterr().err
+
+
 def test_eval_command_needs_only_the_run_folder(world_models, capsys):
     assert cli(["eval", str(world_models["sawyer-door"]), "--eval-episodes", "2"]) == 0
     captured = capsys.readouterr()
