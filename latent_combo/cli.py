@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--by", default="regulariser", choices=tuple(RULES),
                    help="regulariser: the paper's lowest final regulariser, among runs differing only in beta, f "
                         "and the seed; model-return: the highest return the run's world model predicts for its "
-                        "policy (latent-combo estimate); -pessimistic: the heads' mean less their spread")
+                        "policy (latent-combo estimate); -pessimistic: the heads' mean less their spread; "
+                        "cross-model-return: the same in another seed's world model (estimate --evaluator)")
     s.set_defaults(func=cmd_select)
 
     s = sub.add_parser("estimate", help="the policy's return predicted by its own world model (model-based "

@@ -194,7 +194,7 @@ def test_resume_refuses_a_changed_hyperparameter_but_not_a_changed_thread_count(
     save_config(resolve("debug", overrides={"threads": 2}), tmp_path)
     save_config(resolve("debug", overrides={"threads": 1, "device": "cpu"}), tmp_path)
     with pytest.raises(ValueError, match=r"different config \(differs in \['agent'\]\)"):
-        save_config(resolve("debug", overrides={"agent.beta": 5.0}), tmp_path)
+        save_config(resolve("debug", overrides={"agent.beta": 2 * resolve("debug").agent.beta}), tmp_path)
 
 
 def test_paper_preset_smoke_on_cpu(tmp_path):
