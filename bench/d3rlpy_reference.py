@@ -133,7 +133,9 @@ def run(name: str, data_path: str, env_id: str, steps: int, seed: int, episodes:
     done = out / "results.json"
     if done.exists():
         cached = json.loads(done.read_text())
-        if cached["steps"] == steps and cached["eval_episodes"] == episodes and cached["dataset"] == str(data_path):
+        # The same folder named another way (relative or absolute) is the same data: no retraining.
+        same_data = Path(cached["dataset"]).resolve() == Path(data_path).resolve()
+        if cached["steps"] == steps and cached["eval_episodes"] == episodes and same_data:
             return cached
     import torch
 
