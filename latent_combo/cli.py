@@ -229,7 +229,7 @@ def cmd_estimate(a) -> int:
     from latent_combo.estimate import HORIZON, STARTS, estimate_run, format_estimate
 
     for d in a.run_dirs:
-        figures = estimate_run(d, a.horizon or HORIZON, a.starts or STARTS, a.device, a.evaluator)
+        figures = estimate_run(d, a.horizon or HORIZON, a.starts or STARTS, a.device, a.evaluator, a.fqe or 0)
         print(f"{d}\n{format_estimate(figures)}")
     return 0
 
@@ -356,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regulariser: the paper's lowest final regulariser, among runs differing only in beta, f "
                         "and the seed; model-return: the highest return the run's world model predicts for its "
                         "policy (latent-combo estimate); -pessimistic: the heads' mean less their spread; "
-                        "cross-model-return: the same in another seed's world model (estimate --evaluator)")
+                        "cross-model-return: the same in another seed's world model (estimate --evaluator); "
+                        "fqe-return: fitted Q evaluation on the real transitions (estimate --fqe)")
     s.set_defaults(func=cmd_select)
 
     s = sub.add_parser("estimate", help="the policy's return predicted by its own world model (model-based "
@@ -368,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluator", metavar="RUN_DIR",
                    help="also roll the policy out in this run's world model (another seed's, on the same dataset), "
                         "which the policy never trained against: the cross_return figures")
+    s.add_argument("--fqe", type=int, nargs="?", const=6000, metavar="UPDATES",
+                   help="also fitted Q evaluation: a critic of the fixed policy fitted on the dataset's real latent "
+                        "transitions for UPDATES updates (6000 when not given; about 30 s a run here), the "
+                        "fqe_return figures")
     s.add_argument("--device")
     s.set_defaults(func=cmd_estimate)
 

@@ -217,6 +217,10 @@ def format_estimate(e: dict) -> str:
     if "model_return_probe_read" in e:
         lines.append(f"  read by the probe and scored by the task: {e['model_return_probe_read']:.1f} "
                      f"±{e['model_return_probe_read_ci95']:.1f}")
+    if "fqe_return" in e:
+        fit = "levelled off" if e["fqe_levelled"] else "Q still moving"
+        lines.append(f"  fitted Q evaluation on the real transitions: {e['fqe_return']:.1f} "
+                     f"±{e['fqe_return_ci95']:.1f} ({e['fqe_updates']} updates, {fit})")
     if "cross_return" in e:
         lines.append(f"  in another world model ({e['cross_evaluator']}): {e['cross_return']:.1f} "
                      f"±{e['cross_return_ci95']:.1f}, lowest head {e['cross_return_min_head']:.1f}")
@@ -254,9 +258,11 @@ def load_trained(run_dir: Path, device=None, policy: bool = True):
 
 
 def estimate_run(run_dir: str | Path, horizon: int = HORIZON, n: int = STARTS, device=None,
-                 evaluator: str | Path | None = None) -> dict:
-    """`latent-combo estimate RUN_DIR [--evaluator OTHER_RUN]`: the estimate for a trained run, written to
-    RUN_DIR/estimate.json; with an evaluator, the cross-model figures too (merged into the same file)."""
+                 evaluator: str | Path | None = None, fqe_updates: int = 0) -> dict:
+    """`latent-combo estimate RUN_DIR [--evaluator OTHER_RUN] [--fqe UPDATES]`: the estimate for a trained run,
+    written to RUN_DIR/estimate.json; with an evaluator, the cross-model figures too; with `fqe_updates` > 0, fitted
+    Q evaluation on the real transitions (latent_combo.fqe). Figures an earlier call wrote and this one does not
+    recompute are kept."""
     run_dir = Path(run_dir)
     cfg, wm, agent, transitions, data_path = load_trained(run_dir, device)
     device = next(wm.parameters()).device
@@ -272,5 +278,12 @@ def estimate_run(run_dir: str | Path, horizon: int = HORIZON, n: int = STARTS, d
         out.update(cross_estimate(wm, agent.actor, transitions, e_wm, e_transitions, lengths, cfg.env,
                                   cfg.agent.gamma, device, horizon, n))
         out["cross_evaluator"] = str(evaluator)
-    (run_dir / "estimate.json").write_text(json.dumps(out, indent=1))
+    if fqe_updates:
+        from latent_combo.fqe import fqe_estimate
+
+        out.update(fqe_estimate(agent.actor, transitions, lengths, cfg.env, cfg.agent.gamma, device, fqe_updates, n))
+    path = run_dir / "estimate.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    out = {**earlier, **out}
+    path.write_text(json.dumps(out, indent=1))
     return out

@@ -5,6 +5,8 @@ Two rules, neither reading a return:
   `model-return-pessimistic`, the heads' mean less their spread;
 - `cross-model-return`: the same estimate in another seed's world model (`latent-combo estimate --evaluator`), which
   the policy never trained against; runs without it are left out of that rule;
+- `fqe-return`: fitted Q evaluation of the policy on the dataset's real latent transitions (`latent-combo estimate
+  --fqe`, latent_combo.fqe), which uses the world model only to encode real frames; runs without it are left out;
 - `regulariser`: the paper's lowest final E_rho[Q] - E_D[Q], among settings whose Q on data is above the floor and
   level (latent_combo.selection); only algorithms with a conservative regulariser (COMBO, CQL) have one.
 A setting is a run's config less its seed and where it ran; its figures are means over its seeds.
@@ -28,7 +30,8 @@ from latent_combo.utils import flatten
 NOT_SETTING = {("seed",), ("logdir",), ("threads",), ("device",), ("dataset",)}
 # Rule name -> (results key, +1 when higher is better, -1 when lower is).
 RULES = {"model-return": ("model_return", 1), "model-return-pessimistic": ("model_return_pessimistic", 1),
-         "cross-model-return": ("cross_return", 1), "regulariser": ("final_regulariser", -1)}
+         "cross-model-return": ("cross_return", 1), "fqe-return": ("fqe_return", 1),
+         "regulariser": ("final_regulariser", -1)}
 
 
 def finished_runs(paths) -> list[Path]:
@@ -82,7 +85,8 @@ def settings(rows: list[dict]) -> list[dict]:
     out = []
     for key, rs in groups.items():
         mean = {k: selection.mean_of([r.get(k) for r in rs]) for k in
-                ("model_return", "model_return_pessimistic", "cross_return", "final_regulariser", "q_data", "score")}
+                ("model_return", "model_return_pessimistic", "cross_return", "fqe_return", "final_regulariser",
+                 "q_data", "score")}
         rise = selection.mean_of([r.get("q_data_rise_last_fifth") for r in rs])
         setting = dict(key)
         name = ",".join([f"{setting[('algo',)]}"] + [f"{'.'.join(k)}={v}" for k, v in sorted(setting.items(), key=str)
@@ -220,11 +224,11 @@ def cmd_rank(a) -> int:
 
 def print_table(table: list[dict], show_score: bool) -> None:
     fmt = lambda x: "-" if x is None else f"{x:.3g}"
-    print(f"{'model return':>12} {'pessimistic':>11} {'cross':>6} {'regulariser':>11} {'Q data':>7}"
+    print(f"{'model return':>12} {'pessimistic':>11} {'cross':>6} {'FQE':>6} {'regulariser':>11} {'Q data':>7}"
           + (f" {'score':>7}" if show_score else "") + f" {'seeds':>5}  setting")
     for t in sorted(table, key=lambda t: -(t["model_return"] or -np.inf)):
         print(f"{fmt(t['model_return']):>12} {fmt(t['model_return_pessimistic']):>11} {fmt(t['cross_return']):>6} "
-              f"{fmt(t['final_regulariser']):>11} {fmt(t['q_data']):>7}"
+              f"{fmt(t['fqe_return']):>6} {fmt(t['final_regulariser']):>11} {fmt(t['q_data']):>7}"
               + (f" {fmt(t['score']):>7}" if show_score else "") + f" {t['seeds']:>5}  {t['name']}"
               + (f"  (regulariser rule excludes: {'; '.join(t['excluded'])})" if t["excluded"]
                  and t["final_regulariser"] is not None else ""))

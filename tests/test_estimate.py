@@ -192,11 +192,13 @@ def test_states_decoded_by_the_evaluator_reach_the_policy_in_its_own_units():
     assert est.to_target_space(torch.tensor([[2.0]]), source, dest).item() == pytest.approx(raw.item() / 4)
 
 
-def test_rank_reads_the_cross_model_figure_from_estimate_json(tmp_path):
-    for name, mr, cross, score in [("a", 30, 10, 10), ("b", 20, 20, 20), ("c", 10, 30, 30)]:
+def test_rank_reads_the_cross_model_and_fqe_figures_from_estimate_json(tmp_path):
+    for name, mr, cross, fqe, score in [("a", 30, 10, 5, 10), ("b", 20, 20, 25, 20), ("c", 10, 30, 15, 30)]:
         d = write_run(tmp_path, name, mr, score, **{"agent.beta": {"a": 1.0, "b": 2.0, "c": 5.0}[name]})
-        (d / "estimate.json").write_text(json.dumps({"model_return": mr, "cross_return": cross}))
+        (d / "estimate.json").write_text(json.dumps({"model_return": mr, "cross_return": cross, "fqe_return": fqe}))
     figures = ranking.validate(ranking.settings([ranking.run_row(d) for d in ranking.finished_runs([tmp_path])]))
     assert figures["cross-model-return"]["spearman"] == pytest.approx(1.0)
     assert figures["model-return"]["spearman"] == pytest.approx(-1.0)
     assert figures["cross-model-return"]["pick"] == "combo,agent.beta=5.0"
+    assert figures["fqe-return"]["spearman"] == pytest.approx(0.5)
+    assert figures["fqe-return"]["pick"] == "combo,agent.beta=2.0"

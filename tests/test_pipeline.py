@@ -124,6 +124,11 @@ def test_estimate_command_rewrites_the_runs_figure(world_models, capsys):
     assert "model return" in capsys.readouterr().out
     again = json.loads((run / "estimate.json").read_text())
     assert again["model_return"] == pytest.approx(saved["model_return"], rel=1e-5)  # fixed starts, fixed seed
+    # Fitted Q evaluation adds its figures; the earlier ones stay in estimate.json.
+    assert cli(["estimate", str(run), "--fqe", "50"]) == 0
+    assert "fitted Q evaluation" in capsys.readouterr().out
+    both = json.loads((run / "estimate.json").read_text())
+    assert np.isfinite(both["fqe_return"]) and both["fqe_updates"] == 50 and "model_return" in both
 
 
 def test_estimate_in_another_seeds_world_model(env_datasets, world_models, tmp_path, capsys):
