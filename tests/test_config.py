@@ -15,6 +15,17 @@ def test_every_preset_loads(preset):
     assert cfg.env == "sawyer-door"
 
 
+@pytest.mark.parametrize("preset, env, obs, alpha", [
+    ("cpu", "walker-walk", "image", 2.5), ("quality", "walker-walk", "image", 2.5),
+    ("cpu", "sawyer-door", "image", 0.2), ("quality", "sawyer-door-close", "image", 0.2),
+    ("cpu", "cheetah-run", "image", 2.5), ("cpu", "walker-walk", "state", 0.0),
+    ("paper", "walker-walk", "image", 0.0), ("paper", "sawyer-door", "image", 0.0),
+    ("debug", "sawyer-door", "image", 0.0)])
+def test_td3bc_alpha_is_each_tasks_own_for_the_cpu_and_quality_presets(preset, env, obs, alpha):
+    # The env files set it and come before the preset file, so a preset that set it would silently override them.
+    assert resolve(preset, env, {"obs": obs}).agent.td3bc_alpha == alpha
+
+
 def test_paper_preset_uses_lompo_sizes():
     wm = resolve("paper").wm
     assert (wm.deter, wm.stoch, wm.hidden, wm.depth, wm.ensemble) == (256, 64, 256, 32, 7)
