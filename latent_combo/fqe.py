@@ -54,7 +54,10 @@ def fit_fqe(actor, transitions: dict, gamma: float, device, updates: int = UPDAT
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
         torch.manual_seed(seed)
         net = mlp(feat + act, hidden, 1, layers=2, norm=True).to(device)
-    critic = lambda n, s, a: n(torch.cat([(s - mean) / std, a], -1)).squeeze(-1)
+
+    def critic(network, s, a):  # inputs standardised by the dataset's statistics
+        return network(torch.cat([(s - mean) / std, a], -1)).squeeze(-1)
+
     target = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     n, trace = len(data["reward"]), []
