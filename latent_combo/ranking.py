@@ -1,6 +1,6 @@
 """Offline selection over finished runs (`latent-combo select`) and how well each rule ranks (`latent-combo rank`).
 
-Two rules, neither reading a return:
+The rules, none of which reads a return:
 - `model-return`: the highest return the run's own world model predicts for its policy (latent_combo.estimate), or
   `model-return-pessimistic`, the heads' mean less their spread;
 - `cross-model-return`: the same estimate in another seed's world model (`latent-combo estimate --evaluator`), which
