@@ -144,7 +144,9 @@ def cmd_select(a) -> int:
     print_table(table, show_score=False)
     i = pick(table, a.by)
     if i is None:
-        why = "no setting has a regulariser" if a.by == "regulariser" else "no setting has the estimate"
+        how = {"fqe-return": "; `latent-combo estimate RUN_DIR --fqe` adds it",
+               "cross-model-return": "; `latent-combo estimate RUN_DIR --evaluator OTHER_RUN` adds it"}.get(a.by, "")
+        why = "no setting has a regulariser" if a.by == "regulariser" else f"no setting has the estimate{how}"
         print(f"\npick by {a.by}: none ({why}{' above the floor' if a.by == 'regulariser' else ''})")
         return 1
     print(f"\npick by {a.by}: {table[i]['name']}  ({key} {table[i][key]:.3g})")

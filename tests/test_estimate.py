@@ -202,3 +202,11 @@ def test_rank_reads_the_cross_model_and_fqe_figures_from_estimate_json(tmp_path)
     assert figures["cross-model-return"]["pick"] == "combo,agent.beta=5.0"
     assert figures["fqe-return"]["spearman"] == pytest.approx(0.5)
     assert figures["fqe-return"]["pick"] == "combo,agent.beta=2.0"
+
+
+def test_select_by_an_estimate_no_run_has_says_how_to_add_it(tmp_path, capsys):
+    for name, beta in [("a", 1.0), ("b", 2.0)]:
+        write_run(tmp_path, name, 10, 10, **{"agent.beta": beta})
+    args = SimpleNamespace(by="fqe-return", run_dirs=[str(tmp_path)])
+    assert ranking.cmd_select(args) == 1
+    assert "`latent-combo estimate RUN_DIR --fqe` adds it" in capsys.readouterr().out
