@@ -124,10 +124,23 @@ def trial(c: dict) -> None:
         tune.report({**final, "done": True}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def cpus_for(n_trials: int, cpus_per_trial: float, total: float) -> float:
+    """CPUs per trial: the asked share, or the whole cores split evenly when fewer trials than the share allows
+    run at once (a tuning seed's lone world model would otherwise train on one of two cores)."""
+    if n_trials >= max(1, int(total // cpus_per_trial)):
+        return cpus_per_trial
+    return max(cpus_per_trial, float(int(total // n_trials)))
+
+
 def tune_run(configs: list[dict], name: str, a) -> None:
+    import ray
     from ray import tune
 
-    resources = {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}
+    cpus = a.cpus_per_trial
+    if a.address is None:  # a cluster's CPUs are not one machine's: keep the asked share there
+        cpus = cpus_for(len(configs), cpus, ray.cluster_resources().get("CPU", cpus))
+        configs = [{**c, "threads": max(1, int(cpus))} for c in configs]
+    resources = {"cpu": cpus, "gpu": a.gpus_per_trial}
     tuner = tune.Tuner(tune.with_resources(_trial_entry, resources),
                        param_space={"c": tune.grid_search(configs)},
                        run_config=tune.RunConfig(name=name, storage_path=str(Path(a.storage).resolve()),

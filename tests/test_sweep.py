@@ -50,3 +50,13 @@ def test_compare_reads_intervals_over_seeds_against_each_row_and_the_batch_mean(
     # Equal means (sawyer expert: 100% on every seed for every algorithm) read level, not below.
     assert compare([row("combo", 1.0, 0.0), row("bc", 1.0, 0.0)], 1.0)[0].endswith("level, intervals overlap")
     assert compare([row("combo", 40.0, 0.0, n=1), row("bc", 30.0, 0.0, n=1)], 49.0) == []
+
+
+def test_fewer_trials_than_slots_share_the_whole_cores():
+    from latent_combo.sweep import cpus_for
+
+    assert cpus_for(1, 1.0, 2.0) == 2.0  # a tuning seed's lone world model gets both cores
+    assert cpus_for(3, 1.0, 2.0) == 1.0  # more trials than slots: the asked share
+    assert cpus_for(2, 1.0, 2.0) == 1.0
+    assert cpus_for(3, 2.0, 16.0) == 5.0  # whole cores, split evenly
+    assert cpus_for(1, 4.0, 2.0) == 4.0  # never below the asked share
