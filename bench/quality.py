@@ -9,7 +9,8 @@ of it, one table of final scores (mean ± 95% interval over seeds), the first al
 other row and the dataset's Batch Mean (intervals apart or overlapping), the world model's probe per seed, and
 with `--sweep KEY=V1,V2` (the sweep's --grid; repeat for more keys) each setting of the algorithms it
 concerns, with the paper's offline pick (lowest final regulariser, averaged over seeds) marked.
-`--workers N` runs N trials at once (the cores shared among them). With `--obs state`, `--reference ALGO ...` adds
+`--workers N` runs N trials at once (the cores shared among them; a phase with fewer trials, such as one seed's
+world model, splits all the cores among those). With `--obs state`, `--reference ALGO ...` adds
 rows trained by d3rlpy on the dataset's raw states at the same updates, seeds and evaluation episodes. Finished runs
 are read, not retrained, so an interrupted benchmark resumes. Writes sweep.json and sweep.csv into the logdir.
 """
