@@ -228,8 +228,11 @@ def cmd_eval(a) -> int:
 def cmd_estimate(a) -> int:
     from latent_combo.estimate import HORIZON, STARTS, estimate_run, format_estimate
 
+    if a.fqe and a.fqe_updates < 1:
+        raise ValueError(f"--fqe-updates: expected a positive number of updates, got {a.fqe_updates}")
     for d in a.run_dirs:
-        figures = estimate_run(d, a.horizon or HORIZON, a.starts or STARTS, a.device, a.evaluator, a.fqe or 0)
+        figures = estimate_run(d, a.horizon or HORIZON, a.starts or STARTS, a.device, a.evaluator,
+                               a.fqe_updates if a.fqe else 0)
         print(f"{d}\n{format_estimate(figures)}")
     return 0
 
@@ -369,10 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluator", metavar="RUN_DIR",
                    help="also roll the policy out in this run's world model (another seed's, on the same dataset), "
                         "which the policy never trained against: the cross_return figures")
-    s.add_argument("--fqe", type=int, nargs="?", const=6000, metavar="UPDATES",
+    # A flag and a separate count: an optional count after --fqe would swallow the run folder that follows it.
+    s.add_argument("--fqe", action="store_true",
                    help="also fitted Q evaluation: a critic of the fixed policy fitted on the dataset's real latent "
-                        "transitions for UPDATES updates (6000 when not given; about 30 s a run here), the "
-                        "fqe_return figures")
+                        "transitions (about 30 s a run here), the fqe_return figures")
+    s.add_argument("--fqe-updates", type=int, default=6000, metavar="N", help="FQE's updates (default: 6000)")
     s.add_argument("--device")
     s.set_defaults(func=cmd_estimate)
 

@@ -259,10 +259,10 @@ def load_trained(run_dir: Path, device=None, policy: bool = True):
 
 def estimate_run(run_dir: str | Path, horizon: int = HORIZON, n: int = STARTS, device=None,
                  evaluator: str | Path | None = None, fqe_updates: int = 0) -> dict:
-    """`latent-combo estimate RUN_DIR [--evaluator OTHER_RUN] [--fqe UPDATES]`: the estimate for a trained run,
-    written to RUN_DIR/estimate.json; with an evaluator, the cross-model figures too; with `fqe_updates` > 0, fitted
-    Q evaluation on the real transitions (latent_combo.fqe). Figures an earlier call wrote and this one does not
-    recompute are kept."""
+    """`latent-combo estimate RUN_DIR [--evaluator OTHER_RUN] [--fqe [--fqe-updates N]]`: the estimate for a
+    trained run, written to RUN_DIR/estimate.json; with an evaluator, the cross-model figures too; with
+    `fqe_updates` > 0, fitted Q evaluation on the real transitions (latent_combo.fqe). Figures an earlier call
+    wrote and this one does not recompute are kept."""
     run_dir = Path(run_dir)
     cfg, wm, agent, transitions, data_path = load_trained(run_dir, device)
     device = next(wm.parameters()).device

@@ -125,7 +125,7 @@ def test_estimate_command_rewrites_the_runs_figure(world_models, capsys):
     again = json.loads((run / "estimate.json").read_text())
     assert again["model_return"] == pytest.approx(saved["model_return"], rel=1e-5)  # fixed starts, fixed seed
     # Fitted Q evaluation adds its figures; the earlier ones stay in estimate.json.
-    assert cli(["estimate", str(run), "--fqe", "50"]) == 0
+    assert cli(["estimate", "--fqe", str(run), "--fqe-updates", "50"]) == 0  # the flag never takes the folder
     assert "fitted Q evaluation" in capsys.readouterr().out
     both = json.loads((run / "estimate.json").read_text())
     assert np.isfinite(both["fqe_return"]) and both["fqe_updates"] == 50 and "model_return" in both
