@@ -17,8 +17,8 @@ import warnings
 # (OMP_WAIT_POLICY=PASSIVE) cost a run alone 15% in fp32 and 30% under bf16 on this 2-core machine
 # (cpu-preset world model: 4.1 / 4.6 updates/s against 4.7 / 6.6). With libgomp's default spin, an earlier
 # measurement found runs up to 100x slower whenever another process held a core; with 10k rounds, two runs
-# at once ran 1.6-1.9 updates/s each against PASSIVE's 2.6 (docs/benchmarks.md). Sweeps' trials, which share the
-# cores by design, keep PASSIVE (sweep.py). Must be set before torch loads; the environment overrides.
+# at once ran 1.6-1.9 updates/s each against PASSIVE's 2.6 (docs/benchmarks.md). Sweeps' trials keep PASSIVE
+# where they share the cores (sweep.omp_env). Must be set before torch loads; the environment overrides.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 

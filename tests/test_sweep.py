@@ -60,3 +60,10 @@ def test_fewer_trials_than_slots_share_the_whole_cores():
     assert cpus_for(2, 1.0, 2.0) == 1.0
     assert cpus_for(3, 2.0, 16.0) == 5.0  # whole cores, split evenly
     assert cpus_for(1, 4.0, 2.0) == 4.0  # never below the asked share
+
+
+def test_trials_sharing_the_cores_sleep_idle_threads_and_a_lone_one_spins():
+    from latent_combo.sweep import omp_env
+
+    assert omp_env(shared=True) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert omp_env(shared=False) == {"GOMP_SPINCOUNT": "10000"}
