@@ -75,8 +75,7 @@ def setting_name(setting: dict) -> str:
 
 def trial_configs(a) -> tuple[list[dict], list[dict]]:
     """The world-model trials (one per seed) and the agent trials (seed x algo x its settings)."""
-    base = {"env": a.env, "dataset": a.data_path, "obs": a.obs, "preset": a.preset, "overrides": a.overrides,
-            "threads": a.threads}
+    base = {"env": a.env, "dataset": a.data_path, "obs": a.obs, "preset": a.preset, "overrides": a.overrides}
     # The world model does not depend on the algorithm: its folder is named for combo whichever algorithms a
     # sweep lists, so a later sweep of other algorithms on the same logdir reuses it instead of retraining it.
     wms = [{**base, "phase": "world-model", "seed": s, "algo": "combo", "setting": {},
@@ -93,7 +92,7 @@ def resolved(c: dict):
 
     overrides = {**parse_overrides(c["overrides"]), **c["setting"], "algo": c["algo"], "seed": c["seed"],
                  "obs": c["obs"], "dataset": c["dataset"], "logdir": c["logdir"]}
-    if c["threads"]:
+    if c.get("threads"):  # set per phase by tune_run, from the CPUs Ray gives each trial
         overrides["threads"] = c["threads"]
     return resolve(c["preset"], c["env"], overrides)
 
@@ -351,5 +350,3 @@ def prepare(a, build_dataset=None) -> None:
     a.data_path = str(dataset_dir(cfg, build_dataset).resolve())
     a.logdir = str(Path(a.logdir).resolve())
     a.name = a.name or f"{a.env}-{Path(a.data_path).name}-{a.obs}-{a.preset}"
-    # Each trial's torch threads match the CPUs Ray gives it (at least one).
-    a.threads = max(1, int(a.cpus_per_trial))
